@@ -1,0 +1,1 @@
+"""Triton kernels. Only torch, triton and einops here: never import attnlab.*."""

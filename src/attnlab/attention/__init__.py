@@ -1,0 +1,14 @@
+"""The attention contract: which query-key pairs interact, and who computes it.
+
+    from attnlab.attention import AttentionSpec, attention, available_impls
+
+    spec = AttentionSpec(kind="sliding_window", causal=True, window=256)
+    out = attention(q, k, v, spec, impl="auto")        # q [B, Hq, Nq, D], k/v [B, Hkv, Nk, D]
+    mask = spec.dense_mask(n_q, n_k)                   # bool [H or 1, Nq, Nk], True = attend
+    flops = spec.flops(batch=B, heads=Hq, n_q=N, n_k=N, head_dim=D, mode="fwd")
+"""
+
+from attnlab.attention.api import IMPLS, attention, available_impls
+from attnlab.attention.spec import KINDS, PATTERNS, AttentionSpec
+
+__all__ = ["AttentionSpec", "attention", "available_impls", "IMPLS", "KINDS", "PATTERNS"]

@@ -1,0 +1,104 @@
+"""`attention(q, k, v, spec, impl)`: one call for every implementation.
+
+Legend: B batch, Hq / Hkv query / key-value heads (``Hq % Hkv == 0``: GQA / MQA),
+Nq / Nk query / key lengths, D head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attnlab.attention import reference, torch_impls, triton_impl  # noqa: F401  (register impls)
+from attnlab.attention.registry import IMPLS
+from attnlab.attention.spec import AttentionSpec
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def available_impls(spec: AttentionSpec, device="cpu", requires_grad: bool = False) -> list[str]:
+    """Names of the impls that can serve `spec` on `device` (with a backward if asked)."""
+    device = torch.device(device)
+    return [name for name, impl in IMPLS.items() if impl.why_not(spec, device, requires_grad) is None]
+
+
+def _auto(spec, device, requires_grad) -> str:
+    order = ("triton", "flex", "sdpa") if device.type == "cuda" else ("sdpa",)
+    for name in order:
+        if IMPLS[name].why_not(spec, device, requires_grad) is None:
+            return name
+    return "reference"
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: AttentionSpec,
+    impl: str = "auto",
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of q over k, v restricted to the pairs `spec` allows.
+
+    Args:
+        q: [B, Hq, Nq, D]; k, v: [B, Hkv, Nk, D] with Hq % Hkv == 0. Same dtype and device.
+        spec: which (query, key) pairs interact (see `AttentionSpec`).
+        impl: ``reference``, ``sdpa``, ``flex``, ``triton`` or ``auto`` (triton on CUDA
+            when it serves the spec, else the fastest correct PyTorch path).
+        scale: softmax scale; default ``1 / sqrt(D)``.
+
+    Returns:
+        [B, Hq, Nq, D] in q's dtype. A query with no allowed key gets zeros (and zero
+        gradients), never NaN.
+    """
+    _check_inputs(q, k, v, spec, scale)
+    requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    name = _auto(spec, q.device, requires_grad) if impl == "auto" else impl
+    if name not in IMPLS:
+        raise NotImplementedError(
+            f"impl={impl!r} is unknown; known: auto, {', '.join(IMPLS)}; for this spec on "
+            f"{q.device.type}: {', '.join(available_impls(spec, q.device, requires_grad))}"
+        )
+    reason = IMPLS[name].why_not(spec, q.device, requires_grad)
+    if reason is not None:
+        raise NotImplementedError(
+            f"impl={name!r} cannot serve {spec.name} on {q.device.type}: {reason}. "
+            f"Impls that can: {', '.join(available_impls(spec, q.device, requires_grad))}"
+        )
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return IMPLS[name].run(q, k, v, spec, scale)
+
+
+def _check_inputs(q, k, v, spec, scale):
+    if not isinstance(spec, AttentionSpec):
+        raise ValueError(f"spec must be an AttentionSpec, got {type(spec).__name__}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, H, N, D], got shape {tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); every dimension must be >= 1")
+        if t.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{name}.dtype={t.dtype} is not supported; allowed: float16, bfloat16, float32, float64")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    b, hq, _, d = q.shape
+    if k.shape[0] != b:
+        raise ValueError(f"batch sizes differ: q has {b}, k/v have {k.shape[0]}")
+    if k.shape[3] != d:
+        raise ValueError(f"head dims differ: q has D={d}, k/v have D={k.shape[3]}")
+    hkv = k.shape[1]
+    if hq % hkv:
+        raise ValueError(f"query heads Hq={hq} must be a multiple of key/value heads Hkv={hkv} (GQA/MQA)")
+    spec_heads = spec.num_heads()
+    if spec_heads not in (1, hq):
+        raise ValueError(f"spec has {spec_heads} per-head layouts but q has Hq={hq} heads; use 1 or {hq}")
+    if scale is not None and (not isinstance(scale, int | float) or isinstance(scale, bool)
+                              or not math.isfinite(scale) or scale <= 0):
+        raise ValueError(f"scale={scale!r} must be a positive finite number (or None for 1/sqrt(D))")

@@ -1,0 +1,37 @@
+"""`reference` impl: plain PyTorch, fp32 math (fp64 for fp64 inputs), any device. The oracle."""
+
+from __future__ import annotations
+
+import torch
+
+from attnlab.attention.registry import Impl, register
+
+
+def reference_attention(q, k, v, spec, scale: float) -> torch.Tensor:
+    """softmax(Q K^T * scale masked by spec.dense_mask) V; rows with no allowed key -> 0.
+
+    q [B, Hq, Nq, D], k / v [B, Hkv, Nk, D] -> [B, Hq, Nq, D] in q's dtype.
+    """
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    b, hq, n_q, _ = q.shape
+    group = hq // k.shape[1]
+    k_ = k.to(compute).repeat_interleave(group, dim=1)  # [B, Hq, Nk, D]
+    v_ = v.to(compute).repeat_interleave(group, dim=1)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.to(compute), k_) * scale  # [B, Hq, Nq, Nk]
+    mask = spec.dense_mask(n_q, k.shape[2], device=q.device)[None]  # [1, H or 1, Nq, Nk]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    has_key = mask.any(dim=-1, keepdim=True)  # [1, H or 1, Nq, 1]
+    # Empty rows: softmax of all -inf is NaN; give them finite scores, then zero the output
+    # (multiplying by 0 also zeroes their gradients).
+    probs = torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1) * has_key
+    return torch.einsum("bhqk,bhkd->bhqd", probs, v_).to(q.dtype)
+
+
+register(
+    Impl(
+        name="reference",
+        run=reference_attention,
+        why_not=lambda spec, device, requires_grad: None,
+        description="plain PyTorch, fp32 math, materializes the N x N scores (oracle)",
+    )
+)

@@ -1,0 +1,306 @@
+"""`AttentionSpec`: a frozen description of which query-key pairs interact.
+
+Legend: B batch, H heads, Nq / Nk query / key lengths, D head dim, bs block size,
+Mb / Kb = ceil(Nq / bs) / ceil(Nk / bs) query / key blocks.
+
+Positions. Query row ``i`` sits at the aligned position ``p = i + Nk - Nq`` (bottom-right
+alignment, the flash-attn >= 2.1 convention), so with ``Nq == Nk`` simply ``p = i``.
+
+Token-level rules (combined with AND):
+
+* ``causal``: key ``j`` allowed iff ``j <= p``.
+* ``window=W`` (int >= 1): causal -> ``p - W < j <= p`` (the W most recent keys including
+  itself, the Mistral / FlexAttention convention); non-causal -> ``|p - j| < W``.
+* ``window=(left, right)`` (ints >= 0): ``p - left <= j <= p + right`` (flash-attn
+  ``window_size``); ``causal`` additionally requires ``j <= p``.
+
+Block-level rule (``kind="block_sparse"``): the (query block, key block) pair must be True
+in the layout, given explicitly (``layout``) or generated from ``pattern``; the token
+rules above still apply inside each block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from attnlab.attention import patterns as _patterns
+
+KINDS = ("dense", "sliding_window", "block_sparse")
+PATTERNS = _patterns.PATTERNS
+MODES = {"fwd": (1, 1), "bwd": (5, 2), "fwd_bwd": (7, 2)}  # (num, den) multiples of the forward
+_ROW_CHUNK = 1024  # query rows per chunk when counting pairs (bounds memory at long N)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionSpec:
+    """Which (query, key) pairs attend. See the module docstring for the exact rules.
+
+    Args:
+        kind: ``"dense"``, ``"sliding_window"`` or ``"block_sparse"``.
+        causal: keys after the query's aligned position are masked.
+        window: sliding_window (required) or block_sparse (optional): an int ``W >= 1``
+            or a ``(left, right)`` pair of ints ``>= 0``.
+        block_size: block_sparse only: tokens per layout block, a power of two (default 64).
+        pattern: block_sparse only, instead of ``layout``: one of ``local``, ``strided``,
+            ``bigbird``, ``longformer``, ``random``. Parameters (in blocks):
+            ``local_blocks`` (band half-width: query block r sees key blocks c with
+            ``|r' - c| < local_blocks``, r' the aligned block row; local, strided,
+            bigbird, longformer), ``stride`` (strided: also every block c with
+            ``(r' - c) % stride == 0``), ``global_blocks`` (bigbird, longformer: the first
+            g key blocks are seen by every query and the first g query blocks see every
+            key), ``random_blocks`` (bigbird: extra random key blocks per query block),
+            ``density`` (random: probability each block is kept; the diagonal is always
+            kept), ``seed`` (random parts; same seed -> same layout), ``heads`` (random
+            parts: draw a different layout for each of this many heads).
+        layout: block_sparse only, instead of ``pattern``: bool tensor
+            ``[H or 1, Mb, Kb]``, True = the block is computed.
+    """
+
+    kind: str = "dense"
+    causal: bool = False
+    window: int | tuple[int, int] | None = None
+    block_size: int | None = None
+    pattern: str | None = None
+    layout: torch.Tensor | None = None
+    local_blocks: int | None = None
+    stride: int | None = None
+    global_blocks: int | None = None
+    random_blocks: int | None = None
+    density: float | None = None
+    seed: int = 0
+    heads: int | None = None
+    _pattern_fields: tuple = field(default=(), init=False, repr=False)
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"AttentionSpec.kind={self.kind!r} is unknown; allowed: {', '.join(KINDS)}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"AttentionSpec.causal={self.causal!r} must be a bool (True or False)")
+        self._check_window()
+        if self.kind == "block_sparse":
+            self._check_block_sparse()
+        else:
+            for name in ("block_size", "pattern", "layout", *_patterns.PARAMS):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"AttentionSpec.{name}={_show(getattr(self, name))} is only allowed with "
+                        f"kind='block_sparse', not kind={self.kind!r}"
+                    )
+
+    def _check_window(self):
+        w = self.window
+        if self.kind == "dense" and w is not None:
+            raise ValueError(
+                f"AttentionSpec.window={w!r} is not allowed with kind='dense'; "
+                "use kind='sliding_window' (or block_sparse) for a window"
+            )
+        if self.kind == "sliding_window" and w is None:
+            raise ValueError(
+                "AttentionSpec.window=None: kind='sliding_window' needs a window, an int >= 1 "
+                "or a (left, right) pair of ints >= 0"
+            )
+        if w is None:
+            return
+        if isinstance(w, list):  # YAML / OmegaConf lists
+            w = tuple(w)
+            object.__setattr__(self, "window", w)
+        if _is_int(w):
+            if w < 1:
+                raise ValueError(f"AttentionSpec.window={w} must be >= 1 (the number of keys a query sees)")
+        elif isinstance(w, tuple):
+            if len(w) != 2 or not all(_is_int(x) for x in w) or min(w) < 0:
+                raise ValueError(
+                    f"AttentionSpec.window={w!r}: a window pair must be (left, right) with ints >= 0"
+                )
+        else:
+            raise ValueError(
+                f"AttentionSpec.window={w!r} must be an int >= 1 or a (left, right) pair of ints >= 0"
+            )
+
+    def _check_block_sparse(self):
+        bs = 64 if self.block_size is None else self.block_size
+        if not _is_int(bs) or bs < 1 or bs & (bs - 1):
+            raise ValueError(f"AttentionSpec.block_size={bs!r} must be a positive power of two (e.g. 16, 64, 128)")
+        object.__setattr__(self, "block_size", bs)
+        if (self.pattern is None) == (self.layout is None):
+            raise ValueError(
+                "AttentionSpec: kind='block_sparse' needs exactly one of pattern "
+                f"({', '.join(PATTERNS)}) or layout (a bool tensor [H or 1, Mb, Kb]); "
+                f"got pattern={self.pattern!r}, layout={_show(self.layout)}"
+            )
+        if self.layout is not None:
+            lay = self.layout
+            if not isinstance(lay, torch.Tensor) or lay.dtype != torch.bool or lay.dim() != 3:
+                raise ValueError(
+                    f"AttentionSpec.layout={_show(lay)} must be a bool tensor of shape [H or 1, Mb, Kb]"
+                )
+            if min(lay.shape) < 1:
+                raise ValueError(f"AttentionSpec.layout has an empty shape {tuple(lay.shape)}")
+            object.__setattr__(self, "layout", lay.detach().to("cpu").contiguous())
+            for name in _patterns.PARAMS:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"AttentionSpec.{name} is a pattern parameter; it is not used with layout=")
+        else:
+            used = _patterns.check_params(self)
+            object.__setattr__(self, "_pattern_fields", used)
+
+    # ------------------------------------------------------------------ identity
+    def _key(self):
+        vals = []
+        for f in fields(self):
+            if f.name == "_pattern_fields":
+                continue
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = (tuple(v.shape), hashlib.sha1(v.numpy().tobytes()).hexdigest())
+            vals.append(v)
+        return tuple(vals)
+
+    def __eq__(self, other):
+        return isinstance(other, AttentionSpec) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        parts = [f"kind={self.kind!r}", f"causal={self.causal}"]
+        for f in fields(self):
+            if f.name in ("kind", "causal", "_pattern_fields", "seed"):
+                continue
+            v = getattr(self, f.name)
+            if v is not None:
+                parts.append(f"{f.name}={_show(v)}")
+        if self.pattern in ("bigbird", "random"):
+            parts.append(f"seed={self.seed}")
+        return f"AttentionSpec({', '.join(parts)})"
+
+    @property
+    def name(self) -> str:
+        """A short label for tables and plots, e.g. ``sliding_window(w=256,causal)``."""
+        bits = []
+        if self.window is not None:
+            bits.append(f"w={self.window[0]}:{self.window[1]}" if isinstance(self.window, tuple) else f"w={self.window}")
+        if self.kind == "block_sparse":
+            bits.append(self.pattern or "layout")
+            bits.append(f"bs={self.block_size}")
+        if self.causal:
+            bits.append("causal")
+        return f"{self.kind}({','.join(bits)})" if bits else self.kind
+
+    # ------------------------------------------------------------------ geometry
+    def window_bounds(self) -> tuple[int | None, int | None]:
+        """(left, right): key j allowed iff ``p - left <= j <= p + right`` (None = unbounded).
+
+        Causality is separate (``self.causal``); this is only the window.
+        """
+        w = self.window
+        if w is None:
+            return None, None
+        if isinstance(w, tuple):
+            return w
+        return (w - 1, None) if self.causal else (w - 1, w - 1)
+
+    def num_heads(self) -> int:
+        """1 if every head shares the mask, else the number of distinct per-head layouts."""
+        if self.kind != "block_sparse":
+            return 1
+        if self.layout is not None:
+            return self.layout.shape[0]
+        return self.heads if (self.heads and self.pattern in _patterns.RANDOM_PATTERNS) else 1
+
+    def block_layout(self, n_q: int, n_k: int) -> torch.Tensor:
+        """bool [H or 1, Mb, Kb] on CPU: which blocks are computed (block_sparse only)."""
+        if self.kind != "block_sparse":
+            raise ValueError(f"block_layout() needs kind='block_sparse', not kind={self.kind!r}")
+        bs = self.block_size
+        mb, kb = math.ceil(n_q / bs), math.ceil(n_k / bs)
+        if self.layout is not None:
+            if tuple(self.layout.shape[1:]) != (mb, kb):
+                raise ValueError(
+                    f"AttentionSpec.layout has shape {tuple(self.layout.shape)} but n_q={n_q}, n_k={n_k} "
+                    f"with block_size={bs} need [H or 1, {mb}, {kb}]"
+                )
+            return self.layout
+        return _patterns.make_layout(self, mb, kb)
+
+    def _token_mask(self, rows: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
+        """bool [len(rows), Nk] from causal + window for the given query rows."""
+        p = (rows + (n_k - n_q))[:, None]  # aligned positions, [R, 1]
+        j = torch.arange(n_k, device=rows.device)[None, :]  # [1, Nk]
+        allowed = torch.ones(rows.numel(), n_k, dtype=torch.bool, device=rows.device)
+        left, right = self.window_bounds()
+        if left is not None:
+            allowed &= j >= p - left
+        if right is not None:
+            allowed &= j <= p + right
+        if self.causal:
+            allowed &= j <= p
+        return allowed
+
+    def _rows_mask(self, rows: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
+        """bool [H or 1, len(rows), Nk] for the given query rows."""
+        mask = self._token_mask(rows, n_q, n_k)[None]
+        if self.kind == "block_sparse":
+            bs = self.block_size
+            lay = self.block_layout(n_q, n_k).to(rows.device)  # [H, Mb, Kb]
+            cols = torch.arange(n_k, device=rows.device) // bs
+            mask = mask & lay[:, rows // bs][:, :, cols]
+        return mask
+
+    def dense_mask(self, n_q: int, n_k: int, device=None) -> torch.Tensor:
+        """The ground truth: bool ``[H or 1, n_q, n_k]``, True = query i attends key j."""
+        _check_lengths(n_q, n_k)
+        rows = torch.arange(n_q, device=device)
+        return self._rows_mask(rows, n_q, n_k)
+
+    def allowed_pairs(self, n_q: int, n_k: int) -> torch.Tensor:
+        """int64 [H or 1]: number of allowed (q, k) pairs per distinct head mask."""
+        _check_lengths(n_q, n_k)
+        total = torch.zeros(self.num_heads(), dtype=torch.int64)
+        for start in range(0, n_q, _ROW_CHUNK):
+            rows = torch.arange(start, min(n_q, start + _ROW_CHUNK))
+            total += self._rows_mask(rows, n_q, n_k).sum(dim=(1, 2))
+        return total
+
+    def mask_density(self, n_q: int, n_k: int) -> float:
+        """Fraction of the n_q x n_k pairs that are computed (averaged over heads)."""
+        return float(self.allowed_pairs(n_q, n_k).double().mean()) / (n_q * n_k)
+
+    def flops(self, batch: int, heads: int, n_q: int, n_k: int, head_dim: int, mode: str = "fwd") -> int:
+        """Mask-exact FLOPs: ``4 * head_dim`` per allowed (q, k) pair per head for the
+        forward (QK^T and PV, 2 FLOPs per multiply-add); ``bwd`` is 2.5x, ``fwd_bwd`` 3.5x."""
+        if mode not in MODES:
+            raise ValueError(f"flops(mode={mode!r}) is unknown; allowed: {', '.join(MODES)}")
+        for name, val in (("batch", batch), ("heads", heads), ("head_dim", head_dim)):
+            if not _is_int(val) or val < 1:
+                raise ValueError(f"flops({name}={val!r}) must be a positive int")
+        pairs = self.allowed_pairs(n_q, n_k)
+        if pairs.numel() == 1:
+            total_pairs = int(pairs) * heads
+        elif pairs.numel() == heads:
+            total_pairs = int(pairs.sum())
+        else:
+            raise ValueError(f"flops(heads={heads}) does not match the spec's {pairs.numel()} per-head layouts")
+        num, den = MODES[mode]
+        return 4 * head_dim * total_pairs * batch * num // den  # exact: 4 * ... is even
+
+
+def _check_lengths(n_q, n_k):
+    for name, val in (("n_q", n_q), ("n_k", n_k)):
+        if not _is_int(val) or val < 1:
+            raise ValueError(f"{name}={val!r} must be a positive int")
+
+
+def _show(v) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"Tensor(shape={tuple(v.shape)}, dtype={v.dtype})"
+    return repr(v)

@@ -1,0 +1,1 @@
+"""Benchmark harness: impls x specs x shapes, mask-exact TFLOP/s, ratios to a baseline."""

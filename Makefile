@@ -1,0 +1,56 @@
+# attnlab: `make demo` runs the main job, `make test` the tests. Both create .venv first.
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+WHEELHOUSE ?= .whl
+# CPU machines: these pins take the CPU torch build from local disk (an unpinned torch pulls CUDA).
+CPU_PINS := torch==2.13.0 triton==3.6.0 "numpy<2.4"
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast bench gpu-check lint table clean
+
+venv: $(STAMP)
+
+# A machine whose python already has a CUDA torch keeps it (the venv sees system packages,
+# nothing is downloaded; wheels in $(WHEELHOUSE) fill the gaps on offline GPU machines).
+# Elsewhere the venv gets the pinned CPU stack and the project with its dev extra.
+$(STAMP): pyproject.toml
+	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
+		echo "CUDA torch found: keeping it"; \
+		[ -x $(PYTHON) ] || $(PY) -m venv --system-site-packages $(VENV); \
+		if [ -d $(WHEELHOUSE) ]; then $(PYTHON) -m pip install -q --no-index --no-deps $(WHEELHOUSE)/*.whl; fi; \
+		$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .; \
+	else \
+		[ -x $(PYTHON) ] || $(PY) -m venv $(VENV); \
+		$(PYTHON) -m pip install -q --upgrade pip "setuptools>=68" wheel; \
+		$(PYTHON) -m pip install -q $(CPU_PINS); \
+		$(PYTHON) -m pip install -q -e ".[dev]" $(CPU_PINS); \
+	fi
+	@touch $(STAMP)
+
+# The main job. Until the attention-ablation sweep lands (issue 7) it is the CPU benchmark of
+# every attention kind x impl: time, mask-exact TFLOP/s and ratios, table + plot.
+demo: $(STAMP)
+	$(PYTHON) -m attnlab.bench
+
+# CPU tests (Triton kernels under the interpreter), one torch thread per worker.
+test: $(STAMP)
+	OMP_NUM_THREADS=1 WANDB_MODE=disabled $(PYTHON) -m pytest -n 2 -q
+
+bench: $(STAMP)
+	$(PYTHON) -m attnlab.bench
+
+# GPU machine: the GPU tests, then the kernel benchmark table (experiments/kernel_bench).
+gpu-check: $(STAMP)
+	$(PYTHON) -c "import torch; assert torch.cuda.is_available(), 'gpu-check needs a CUDA device'; print(torch.cuda.get_device_name(), 'torch', torch.__version__)"
+	WANDB_MODE=disabled $(PYTHON) -m pytest -m gpu -q -p no:cacheprovider
+	$(PYTHON) -m attnlab.bench --config-name bench_gpu
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check src kernels tests
+
+table: $(STAMP)
+	$(PYTHON) -m attnlab.attention
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info outputs

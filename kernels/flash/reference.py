@@ -1,0 +1,160 @@
+"""Pure-PyTorch reference for the flash kernels: the oracle beside the Triton code.
+
+Shapes (legend used in every file of this package):
+    B   batch               Hq  query heads       Hkv  key/value heads (Hq % Hkv == 0)
+    Nq  query length        Nk  key length        D    head dim
+
+Mask semantics (bottom-right aligned, as flash-attn >= 2.1): query row ``i`` sits at
+position ``p = i + Nk - Nq``; key ``j`` is allowed iff
+
+    (window_left  is None or j >= p - window_left)  and
+    (window_right is None or j <= p + window_right) and
+    (not causal or j <= p)                           and  0 <= j < Nk.
+
+A query row with no allowed key returns zeros, LSE = -inf, and zero gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import repeat
+from torch import Tensor
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_attention_args(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    window_left: int | None,
+    window_right: int | None,
+    scale: float | None,
+    allowed_dtypes: tuple[torch.dtype, ...] = _FLOAT_DTYPES,
+) -> float:
+    """Validate shapes, dtypes and window arguments; return the resolved softmax scale.
+
+    Raises ``ValueError`` naming the offending argument, its value and what is allowed.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must have rank 4 [B, H, N, D], got rank {t.dim()} with shape {tuple(t.shape)}"
+            )
+        if t.dtype not in allowed_dtypes:
+            raise ValueError(
+                f"{name}.dtype is {t.dtype}; allowed: {', '.join(str(d) for d in allowed_dtypes)}"
+            )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(
+            f"q, k, v must share one dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}"
+        )
+    if not (q.device == k.device == v.device):
+        raise ValueError(
+            f"q, k, v must be on one device, got q={q.device}, k={k.device}, v={v.device}"
+        )
+    batch, hq, _, d = q.shape
+    if k.shape != v.shape:
+        raise ValueError(
+            f"k and v must have the same shape [B, Hkv, Nk, D], got k={tuple(k.shape)}, v={tuple(v.shape)}"
+        )
+    if k.shape[0] != batch:
+        raise ValueError(f"batch size mismatch: q has B={batch}, k/v have B={k.shape[0]}")
+    if k.shape[3] != d:
+        raise ValueError(f"head dim D mismatch: q has D={d}, k/v have D={k.shape[3]}")
+    hkv = k.shape[1]
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(
+            f"query heads Hq={hq} must be a multiple of key/value heads Hkv={hkv} (GQA/MQA)"
+        )
+    for name, w in (("window_left", window_left), ("window_right", window_right)):
+        if w is None:
+            continue
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(f"{name} must be an int >= 0 or None (unbounded), got {w!r}")
+    if scale is None:
+        return 1.0 / math.sqrt(d) if d > 0 else 1.0
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite float > 0 or None (= 1/sqrt(D)), got {scale!r}")
+    return float(scale)
+
+
+def flash_attention_mask(
+    n_q: int,
+    n_k: int,
+    *,
+    causal: bool = False,
+    window_left: int | None = None,
+    window_right: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Bool mask ``[Nq, Nk]``, True = query row i may attend to key j (semantics above)."""
+    pos_q = torch.arange(n_q, device=device)[:, None] + (n_k - n_q)  # [Nq, 1] aligned positions
+    key = torch.arange(n_k, device=device)[None, :]  # [1, Nk]
+    allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=device)  # [Nq, Nk]
+    if window_left is not None:
+        allowed &= key >= pos_q - window_left
+    if window_right is not None:
+        allowed &= key <= pos_q + window_right
+    if causal:
+        allowed &= key <= pos_q
+    return allowed
+
+
+def flash_attention_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    window_left: int | None = None,
+    window_right: int | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(q kᵀ · scale, masked) v in plain PyTorch; differentiable.
+
+    Args:
+        q: ``[B, Hq, Nq, D]``.
+        k, v: ``[B, Hkv, Nk, D]`` with ``Hq % Hkv == 0`` (repeated here; the kernel never does).
+        causal, window_left, window_right: the mask (module docstring).
+        scale: softmax scale, default ``1/sqrt(D)``.
+        return_lse: also return the natural-log row LSE ``[B, Hq, Nq]`` (fp32/fp64).
+
+    Math runs in fp32 (fp64 if the inputs are fp64). Returns ``[B, Hq, Nq, D]`` in q's
+    dtype. Rows with no allowed key give zeros and LSE = -inf, with finite (zero) gradients.
+    """
+    scale = check_attention_args(q, k, v, window_left=window_left, window_right=window_right, scale=scale)
+    compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    group = q.shape[1] // k.shape[1]
+    q_c = q.to(compute_dtype)  # [B, Hq, Nq, D]
+    k_c = repeat(k.to(compute_dtype), "b h n d -> b (h g) n d", g=group)  # [B, Hq, Nk, D]
+    v_c = repeat(v.to(compute_dtype), "b h n d -> b (h g) n d", g=group)  # [B, Hq, Nk, D]
+    n_q, n_k = q.shape[2], k.shape[2]
+    allowed = flash_attention_mask(
+        n_q, n_k, causal=causal, window_left=window_left, window_right=window_right, device=q.device
+    )  # [Nq, Nk]
+
+    scores = torch.einsum("bhid,bhjd->bhij", q_c, k_c) * scale  # [B, Hq, Nq, Nk]
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    # Softmax written out so that empty rows give 0 (not NaN) in value *and* gradient.
+    row_max = scores.amax(dim=-1, keepdim=True).detach() if n_k > 0 else scores.new_zeros(
+        scores.shape[:-1] + (1,)
+    )  # [B, Hq, Nq, 1]
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = torch.exp(scores - row_max)  # [B, Hq, Nq, Nk], 0 where masked
+    denom = weights.sum(dim=-1, keepdim=True)  # [B, Hq, Nq, 1]
+    nonempty = denom > 0
+    probs = weights / torch.where(nonempty, denom, torch.ones_like(denom))
+    out = torch.einsum("bhij,bhjd->bhid", probs, v_c).to(q.dtype)  # [B, Hq, Nq, D]
+    if not return_lse:
+        return out
+    lse = torch.where(
+        nonempty, row_max + torch.log(torch.where(nonempty, denom, torch.ones_like(denom))), float("-inf")
+    ).squeeze(-1)  # [B, Hq, Nq]
+    return out, lse

@@ -1,0 +1,50 @@
+"""An independent oracle for tests: the contract's masking rules written out directly
+(not through `AttentionSpec.dense_mask`) and an fp64 masked softmax."""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_allowed(i: int, j: int, n_q: int, n_k: int, causal: bool, window) -> bool:
+    """The contract's rule for one (query i, key j) pair, in plain Python."""
+    p = i + n_k - n_q
+    if causal and j > p:
+        return False
+    if window is None:
+        return True
+    if isinstance(window, tuple):
+        left, right = window
+        return p - left <= j <= p + right
+    return p - window < j <= p if causal else abs(p - j) < window
+
+
+def oracle_mask(spec, n_q: int, n_k: int) -> torch.Tensor:
+    """bool [H or 1, Nq, Nk] built pair by pair from the rules (and the block layout)."""
+    tok = torch.tensor(
+        [[token_allowed(i, j, n_q, n_k, spec.causal, spec.window) for j in range(n_k)] for i in range(n_q)],
+        dtype=torch.bool,
+    ).reshape(n_q, n_k)
+    if spec.kind != "block_sparse":
+        return tok[None]
+    lay = spec.block_layout(n_q, n_k)  # [H, Mb, Kb]
+    bs = spec.block_size
+    expanded = lay.repeat_interleave(bs, 1).repeat_interleave(bs, 2)[:, :n_q, :n_k]
+    return tok[None] & expanded
+
+
+def oracle_attention(q, k, v, mask: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """fp64 softmax(QK^T scale masked) V with explicit GQA expansion; empty rows -> 0."""
+    d = q.shape[-1]
+    scale = d**-0.5 if scale is None else scale
+    group = q.shape[1] // k.shape[1]
+    q64, k64, v64 = (t.double() for t in (q, k, v))
+    k64 = k64.repeat_interleave(group, 1)
+    v64 = v64.repeat_interleave(group, 1)
+    s = q64 @ k64.transpose(-1, -2) * scale
+    s = s.masked_fill(~mask[None], float("-inf"))
+    m = s.amax(-1, keepdim=True).clamp_min(-1e300)  # finite even for empty rows
+    w = torch.exp(s - m)
+    denom = w.sum(-1, keepdim=True)
+    p = torch.where(denom > 0, w / denom.clamp_min(1e-300), torch.zeros_like(w))
+    return p @ v64

@@ -9,7 +9,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 def test_readme_starts_with_the_two_commands():
     blocks = README.split("```")
-    first_block = blocks[1].strip().splitlines()
+    first_block = blocks[1].strip().splitlines()[1:]  # drop the language tag
     commands = [line for line in first_block if line and not line.startswith("#")]
     assert commands[:2] == ["make demo", "make test"]
 

@@ -11,13 +11,16 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# A machine whose python already has a CUDA torch keeps it (the venv sees system packages,
-# nothing is downloaded; wheels in $(WHEELHOUSE) fill the gaps on offline GPU machines).
+# A machine whose python already has a CUDA torch keeps it: the venv sees that python's
+# packages (a .pth file, which also works when that python is itself a venv), nothing is
+# downloaded, and wheels in $(WHEELHOUSE) fill the gaps on offline GPU machines.
 # Elsewhere the venv gets the pinned CPU stack and the project with its dev extra.
 $(STAMP): pyproject.toml
 	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
 		echo "CUDA torch found: keeping it"; \
 		[ -x $(PYTHON) ] || $(PY) -m venv --system-site-packages $(VENV); \
+		$(PY) -c "import site; print(chr(10).join(site.getsitepackages()))" \
+			> "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_cuda_torch_env.pth"; \
 		if [ -d $(WHEELHOUSE) ]; then $(PYTHON) -m pip install -q --no-index --no-deps $(WHEELHOUSE)/*.whl; fi; \
 		$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .; \
 	else \
@@ -44,7 +47,7 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	$(PYTHON) -c "import torch; assert torch.cuda.is_available(), 'gpu-check needs a CUDA device'; print(torch.cuda.get_device_name(), 'torch', torch.__version__)"
 	WANDB_MODE=disabled $(PYTHON) -m pytest -m gpu -q -p no:cacheprovider
-	$(PYTHON) -m attnlab.bench --config-name bench_gpu
+	$(PYTHON) -m attnlab.bench bench=gpu
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check src kernels tests

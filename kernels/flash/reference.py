@@ -51,9 +51,7 @@ def check_attention_args(
                 f"{name}.dtype is {t.dtype}; allowed: {', '.join(str(d) for d in allowed_dtypes)}"
             )
     if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(
-            f"q, k, v must share one dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}"
-        )
+        raise ValueError(f"q, k, v must share one dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(
             f"q, k, v must be on one device, got q={q.device}, k={k.device}, v={v.device}"
@@ -79,7 +77,12 @@ def check_attention_args(
             raise ValueError(f"{name} must be an int >= 0 or None (unbounded), got {w!r}")
     if scale is None:
         return 1.0 / math.sqrt(d) if d > 0 else 1.0
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
         raise ValueError(f"scale must be a finite float > 0 or None (= 1/sqrt(D)), got {scale!r}")
     return float(scale)
 
@@ -129,7 +132,9 @@ def flash_attention_reference(
     Math runs in fp32 (fp64 if the inputs are fp64). Returns ``[B, Hq, Nq, D]`` in q's
     dtype. Rows with no allowed key give zeros and LSE = -inf, with finite (zero) gradients.
     """
-    scale = check_attention_args(q, k, v, window_left=window_left, window_right=window_right, scale=scale)
+    scale = check_attention_args(
+        q, k, v, window_left=window_left, window_right=window_right, scale=scale
+    )
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     group = q.shape[1] // k.shape[1]
     q_c = q.to(compute_dtype)  # [B, Hq, Nq, D]
@@ -143,8 +148,10 @@ def flash_attention_reference(
     scores = torch.einsum("bhid,bhjd->bhij", q_c, k_c) * scale  # [B, Hq, Nq, Nk]
     scores = scores.masked_fill(~allowed, float("-inf"))
     # Softmax written out so that empty rows give 0 (not NaN) in value *and* gradient.
-    row_max = scores.amax(dim=-1, keepdim=True).detach() if n_k > 0 else scores.new_zeros(
-        scores.shape[:-1] + (1,)
+    row_max = (
+        scores.amax(dim=-1, keepdim=True).detach()
+        if n_k > 0
+        else scores.new_zeros(scores.shape[:-1] + (1,))
     )  # [B, Hq, Nq, 1]
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     weights = torch.exp(scores - row_max)  # [B, Hq, Nq, Nk], 0 where masked
@@ -155,6 +162,8 @@ def flash_attention_reference(
     if not return_lse:
         return out
     lse = torch.where(
-        nonempty, row_max + torch.log(torch.where(nonempty, denom, torch.ones_like(denom))), float("-inf")
+        nonempty,
+        row_max + torch.log(torch.where(nonempty, denom, torch.ones_like(denom))),
+        float("-inf"),
     ).squeeze(-1)  # [B, Hq, Nq]
     return out, lse

@@ -130,7 +130,10 @@ class BenchConfig:
         _check_names("impls", self.impls, known_impls())
         if self.baseline is not None:
             _check_names("baseline", [self.baseline], known_impls())
-        self.baselines = () if self.baselines is None or self.baselines == [] else _as_tuple("baselines", self.baselines)
+        if self.baselines is None or (isinstance(self.baselines, list | tuple) and len(self.baselines) == 0):
+            self.baselines = ()
+        else:
+            self.baselines = _as_tuple("baselines", self.baselines)
         _check_names("baselines", self.baselines, known_impls())
 
         self.seq_lens = _as_tuple("seq_lens", self.seq_lens)

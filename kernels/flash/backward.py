@@ -1,0 +1,454 @@
+"""Backward kernels (FlashAttention-2 recomputation, no atomics).
+
+Three launches, each writing its outputs exactly once with plain stores, so gradients are
+bitwise deterministic run to run and re-running a kernel (autotune trials) is idempotent:
+
+1. ``_bwd_preprocess``: delta = rowsum(dO * O) - dLSE   ``[B*Hq, Nq]`` fp32.
+2. ``_bwd_dkdv_kernel``: one program per (key block, batch x kv head). It keeps its K, V
+   tile and dK, dV accumulators in registers and loops over the ``Hq // Hkv`` query heads
+   of its GQA group and, for each, over the query blocks that can see the key block.
+3. ``_bwd_dq_kernel``: one program per (query block, batch x query head), looping over the
+   same key blocks as the forward.
+
+With P = exp(S - LSE) recomputed from the saved LSE (S = scale * q kᵀ):
+    dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dSᵀ Q.
+Rows with LSE = -inf (no allowed key) are read as LSE = +inf so that P = 0 there.
+Shapes: q, dO, O ``[B, Hq, Nq, D]``; k, v ``[B, Hkv, Nk, D]``; LSE, delta ``[B, Hq, Nq]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    INTERPRET_BLOCKS,
+    LOG2E,
+    alloc,
+    alloc_like,
+    allowed_pairs,
+    cdiv,
+    dot_precision,
+    head_dim_block,
+    interpreting,
+    kv_blocks_for_q_block,
+    launch_fixed,
+    length_bucket,
+    load_tile,
+    q_blocks_for_kv_block,
+    smem_bytes,
+    window_bucket,
+)
+
+_LOG2E = tl.constexpr(LOG2E)
+_NO_SPECIALIZE = ["Nq", "Nk", "window_left", "window_right", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY"]
+
+
+@triton.jit
+def _bwd_preprocess(
+    Out, DO, DLse, Delta,
+    stride_ob, stride_oh, stride_on,
+    stride_dob, stride_doh, stride_don,
+    Hq, Nq,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, HAS_DLSE: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hq).to(tl.int64)
+    h = (pid_bh % Hq).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    offs_d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    mask = (offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM)
+    rows64 = offs_m.to(tl.int64)[:, None]
+    o_ptrs = Out + b * stride_ob + h * stride_oh + rows64 * stride_on + offs_d[None, :]
+    do_ptrs = DO + b * stride_dob + h * stride_doh + rows64 * stride_don + offs_d[None, :]
+    o = tl.load(o_ptrs, mask=mask, other=0.0).to(tl.float32)  # [BLOCK_M, BLOCK_D]
+    do = tl.load(do_ptrs, mask=mask, other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, axis=1)  # [BLOCK_M]
+    row = pid_bh.to(tl.int64) * Nq + offs_m
+    if HAS_DLSE:  # d LSE_i / d S_ij = P_ij, so a dLSE term folds into delta
+        delta -= tl.load(DLse + row, mask=offs_m < Nq, other=0.0)
+    tl.store(Delta + row, delta, mask=offs_m < Nq)
+
+
+@triton.jit
+def _dkdv_query_blocks(
+    dk, dv,  # [BLOCK_N, BLOCK_D] fp32 accumulators
+    k, v,  # [BLOCK_N, BLOCK_D] this program's key / value tile
+    Q_bh, DO_bh, Lse_bh, Delta_bh,  # pointers at row 0 of one query head
+    q_tile, do_tile,  # [BLOCK_M, BLOCK_D] int32 offsets of a query tile
+    stride_qn, stride_don,
+    offs_m, cols, offs_d,  # [BLOCK_M] 0..BLOCK_M-1, [BLOCK_N] key indices, [BLOCK_D]
+    start, end,  # query rows [start, end), step BLOCK_M
+    Nq, Nk, window_left, window_right, qk_scale,
+    MASKED: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    for start_m in range(start, end, BLOCK_M):
+        rows = start_m + offs_m  # [BLOCK_M] query indices
+        start64 = tl.cast(start_m, tl.int64)
+        q = load_tile(Q_bh + start64 * stride_qn + q_tile, rows, Nq, offs_d,
+                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_M, BLOCK_D]  # fmt: skip
+        do = load_tile(DO_bh + start64 * stride_don + do_tile, rows, Nq, offs_d,
+                       HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # fmt: skip
+        if MASKED:
+            lse = tl.load(Lse_bh + rows, mask=rows < Nq, other=0.0)  # [BLOCK_M]
+            delta = tl.load(Delta_bh + rows, mask=rows < Nq, other=0.0)
+        else:
+            lse = tl.load(Lse_bh + rows)
+            delta = tl.load(Delta_bh + rows)
+        lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M] = Sᵀ / scale
+        if MASKED:
+            ok = allowed_pairs(rows[None, :], cols[:, None], Nq, Nk,
+                               window_left, window_right, HAS_WL, HAS_WR)  # fmt: skip
+            p_t = tl.math.exp2(tl.where(ok, qk_t * qk_scale, float("-inf")) - lse[None, :])
+        else:
+            p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])  # [BLOCK_N, BLOCK_M]
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_don,
+    stride_dkb, stride_dkh, stride_dkn,
+    stride_dvb, stride_dvh, stride_dvn,
+    Hq, Hkv, Nq, Nk,
+    window_left, window_right, sm_scale, qk_scale,
+    NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    start_n = tl.program_id(0) * BLOCK_N
+    pid_bkv = tl.program_id(1)
+    b64 = (pid_bkv // Hkv).to(tl.int64)
+    h_kv = pid_bkv % Hkv
+    group = Hq // Hkv
+
+    offs_m = tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    offs_d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    cols = start_n + offs_n  # [BLOCK_N] key indices
+    start_n64 = tl.cast(start_n, tl.int64)
+    hkv64 = h_kv.to(tl.int64)
+
+    k_ptrs = (K + b64 * stride_kb + hkv64 * stride_kh + start_n64 * stride_kn
+              + offs_n[:, None] * stride_kn + offs_d[None, :])  # fmt: skip
+    v_ptrs = (V + b64 * stride_vb + hkv64 * stride_vh + start_n64 * stride_vn
+              + offs_n[:, None] * stride_vn + offs_d[None, :])  # fmt: skip
+    k = load_tile(k_ptrs, cols, Nk, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)  # [BLOCK_N, BLOCK_D]
+    v = load_tile(v_ptrs, cols, Nk, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    q_tile = offs_m[:, None] * stride_qn + offs_d[None, :]  # [BLOCK_M, BLOCK_D]
+    do_tile = offs_m[:, None] * stride_don + offs_d[None, :]
+
+    lo, mid_lo, mid_hi, hi = q_blocks_for_kv_block(
+        start_n, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
+    )
+    for g in range(group):  # query heads sharing this kv head: summed in registers
+        h64 = (h_kv * group + g).to(tl.int64)
+        Q_bh = Q + b64 * stride_qb + h64 * stride_qh
+        DO_bh = DO + b64 * stride_dob + h64 * stride_doh
+        row0 = (b64 * Hq + h64) * Nq  # LSE / delta are contiguous [B, Hq, Nq]
+        # Edge blocks, full blocks (no element mask), edge blocks.
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
+            stride_qn, stride_don, offs_m, cols, offs_d, lo, mid_lo,
+            Nq, Nk, window_left, window_right, qk_scale,
+            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
+        )  # fmt: skip
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
+            stride_qn, stride_don, offs_m, cols, offs_d, mid_lo, mid_hi,
+            Nq, Nk, window_left, window_right, qk_scale,
+            False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
+        )  # fmt: skip
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
+            stride_qn, stride_don, offs_m, cols, offs_d, mid_hi, hi,
+            Nq, Nk, window_left, window_right, qk_scale,
+            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
+        )  # fmt: skip
+
+    dk = dk * sm_scale
+    out_mask = (cols[:, None] < Nk) & (offs_d[None, :] < HEAD_DIM)
+    dk_ptrs = (DK + b64 * stride_dkb + hkv64 * stride_dkh + start_n64 * stride_dkn
+               + offs_n[:, None] * stride_dkn + offs_d[None, :])  # fmt: skip
+    dv_ptrs = (DV + b64 * stride_dvb + hkv64 * stride_dvh + start_n64 * stride_dvn
+               + offs_n[:, None] * stride_dvn + offs_d[None, :])  # fmt: skip
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _dq_key_blocks(
+    dq,  # [BLOCK_M, BLOCK_D] fp32 accumulator
+    q, do,  # [BLOCK_M, BLOCK_D]
+    lse, delta,  # [BLOCK_M]; lse in the log2 domain, +inf for empty rows
+    K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+    rows, offs_n, offs_d,  # [BLOCK_M] query indices, [BLOCK_N] 0..BLOCK_N-1, [BLOCK_D]
+    start, end,  # keys [start, end), step BLOCK_N
+    Nq, Nk, window_left, window_right, qk_scale,
+    MASKED: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    for start_n in range(start, end, BLOCK_N):
+        cols = start_n + offs_n  # [BLOCK_N] key indices
+        start64 = tl.cast(start_n, tl.int64)
+        k = load_tile(K_bh + start64 * stride_kn + k_tile, cols, Nk, offs_d,
+                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
+        v = load_tile(V_bh + start64 * stride_vn + v_tile, cols, Nk, offs_d,
+                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # fmt: skip
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
+        if MASKED:
+            ok = allowed_pairs(rows[:, None], cols[None, :], Nq, Nk,
+                               window_left, window_right, HAS_WL, HAS_WR)  # fmt: skip
+            p = tl.math.exp2(tl.where(ok, qk * qk_scale, float("-inf")) - lse[:, None])
+        else:
+            p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _bwd_dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_don,
+    stride_dqb, stride_dqh, stride_dqn,
+    Hq, Hkv, Nq, Nk,
+    window_left, window_right, sm_scale, qk_scale,
+    NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M  # heavy blocks first
+    pid_bh = tl.program_id(1)
+    b64 = (pid_bh // Hq).to(tl.int64)
+    h = pid_bh % Hq
+    h64 = h.to(tl.int64)
+    hkv64 = (h // (Hq // Hkv)).to(tl.int64)
+    start_m64 = tl.cast(start_m, tl.int64)
+
+    offs_m = tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    offs_d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    rows = start_m + offs_m  # [BLOCK_M] query indices
+
+    q_ptrs = (Q + b64 * stride_qb + h64 * stride_qh + start_m64 * stride_qn
+              + offs_m[:, None] * stride_qn + offs_d[None, :])  # fmt: skip
+    do_ptrs = (DO + b64 * stride_dob + h64 * stride_doh + start_m64 * stride_don
+               + offs_m[:, None] * stride_don + offs_d[None, :])  # fmt: skip
+    q = load_tile(q_ptrs, rows, Nq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)  # [BLOCK_M, BLOCK_D]
+    do = load_tile(do_ptrs, rows, Nq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
+    row_offs = pid_bh.to(tl.int64) * Nq + rows  # LSE / delta are contiguous [B, Hq, Nq]
+    lse = tl.load(Lse + row_offs, mask=rows < Nq, other=0.0)  # [BLOCK_M]
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
+    delta = tl.load(Delta + row_offs, mask=rows < Nq, other=0.0)
+
+    K_bh = K + b64 * stride_kb + hkv64 * stride_kh
+    V_bh = V + b64 * stride_vb + hkv64 * stride_vh
+    k_tile = offs_n[:, None] * stride_kn + offs_d[None, :]  # [BLOCK_N, BLOCK_D]
+    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
+        start_m, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
+    )
+    # Edge blocks, full blocks (no element mask), edge blocks.
+    dq = _dq_key_blocks(
+        dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+        rows, offs_n, offs_d, lo, mid_lo, Nq, Nk, window_left, window_right, qk_scale,
+        True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+    )  # fmt: skip
+    dq = _dq_key_blocks(
+        dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+        rows, offs_n, offs_d, mid_lo, mid_hi, Nq, Nk, window_left, window_right, qk_scale,
+        False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+    )  # fmt: skip
+    dq = _dq_key_blocks(
+        dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+        rows, offs_n, offs_d, mid_hi, hi, Nq, Nk, window_left, window_right, qk_scale,
+        True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+    )  # fmt: skip
+
+    dq = dq * sm_scale
+    dq_ptrs = (DQ + b64 * stride_dqb + h64 * stride_dqh + start_m64 * stride_dqn
+               + offs_m[:, None] * stride_dqn + offs_d[None, :])  # fmt: skip
+    tl.store(
+        dq_ptrs,
+        dq.to(DQ.dtype.element_ty),
+        mask=(rows[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM),
+    )
+
+
+# ----------------------------------------------------------------------------- launch
+
+# dK/dV: (BLOCK_M queries per step, BLOCK_N keys per program, num_warps, num_stages).
+# dQ: (BLOCK_M queries per program, BLOCK_N keys per step, num_warps, num_stages).
+# Candidates chosen from offline sm_90 compiles (ptxas -v register / spill counts); the
+# fitting ones, in this order, are also the fixed (non-autotuned) path's preference.
+_DKDV_CONFIGS = [
+    (16, 128, 8, 3),
+    (32, 128, 8, 2),
+    (32, 128, 8, 3),
+    (16, 64, 4, 3),
+    (32, 64, 4, 3),
+    (32, 32, 4, 2),
+]
+_DQ_CONFIGS = [
+    (128, 32, 8, 3),
+    (128, 64, 8, 3),
+    (128, 32, 4, 3),
+    (64, 32, 4, 3),
+    (64, 64, 4, 3),
+    (32, 32, 4, 2),
+]
+_SMEM_LIMIT = 200 * 1024  # H100: 227 KB per block; the estimate below is rough
+
+
+def _dkdv_fits(
+    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2
+) -> bool:
+    acc_regs = 2 * block_n * block_d // (32 * warps)  # dK + dV fp32 registers per thread
+    smem = smem_bytes(block_n, block_m, block_d, stages, elem) + block_n * block_d * elem
+    return smem <= _SMEM_LIMIT and acc_regs <= 128
+
+
+def _dq_fits(
+    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2
+) -> bool:
+    acc_regs = block_m * block_d // (32 * warps)  # dQ fp32 registers per thread
+    smem = smem_bytes(block_m, block_n, block_d, stages, elem) + block_m * block_d * elem
+    return smem <= _SMEM_LIMIT and acc_regs <= 64
+
+
+def _fitting(configs, fits, block_d, elem=2):
+    """Configs that pass ``fits``, in list order (the fixed path tries them in this order)."""
+    return [cfg for cfg in configs if fits(*cfg, block_d, elem)] or configs[-1:]
+
+
+def _make_prune(fits):
+    def prune(configs, named_args, **kwargs):
+        named = {**named_args, **kwargs}
+        block_d, elem = named["BLOCK_D"], named["Q"].element_size()
+        meta = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+        return [c for c in configs if fits(*meta(c), block_d, elem)] or configs[-1:]
+
+    return prune
+
+
+def _autotuned(kernel, configs, fits):
+    return triton.autotune(
+        configs=[
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in configs
+        ],
+        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR"],
+        prune_configs_by={"early_config_prune": _make_prune(fits)},
+    )(kernel)
+
+
+_dkdv_autotuned = _autotuned(_bwd_dkdv_kernel, _DKDV_CONFIGS, _dkdv_fits)
+_dq_autotuned = _autotuned(_bwd_dq_kernel, _DQ_CONFIGS, _dq_fits)
+
+
+def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def flash_bwd(
+    do: torch.Tensor,  # [B, Hq, Nq, D], stride(-1) == 1
+    q: torch.Tensor,  # [B, Hq, Nq, D]
+    k: torch.Tensor,  # [B, Hkv, Nk, D]
+    v: torch.Tensor,  # [B, Hkv, Nk, D]
+    out: torch.Tensor,  # [B, Hq, Nq, D]
+    lse: torch.Tensor,  # [B, Hq, Nq] fp32 contiguous
+    dlse: torch.Tensor | None,  # [B, Hq, Nq] or None
+    scale: float,
+    window_left: int | None,
+    window_right: int | None,  # causal already folded in (window_right = 0)
+    autotune: bool = True,
+    configs: tuple[tuple[int, int, int, int], tuple[int, int, int, int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the three backward kernels; returns dq, dk, dv in the input dtypes.
+
+    On CUDA: autotuned, or fixed configs when ``autotune=False``, or ``configs`` =
+    (dkdv_config, dq_config), each (BLOCK_M, BLOCK_N, num_warps, num_stages), when given.
+    """
+    batch, hq, n_q, head_dim = q.shape
+    _, hkv, n_k, _ = k.shape
+    dq, dk, dv = alloc_like(q), alloc_like(k), alloc_like(v)
+    if n_q == 0 or n_k == 0 or head_dim == 0 or batch * hq == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+
+    block_d = head_dim_block(head_dim)
+    interp = interpreting()
+    delta = alloc((batch, hq, n_q), torch.float32, q.device)  # [B, Hq, Nq]
+    if dlse is not None:
+        dlse = dlse.to(torch.float32).contiguous()  # [B, Hq, Nq]
+    pre_block = 64
+    _bwd_preprocess[(cdiv(n_q, pre_block), batch * hq)](
+        out, do, dlse if dlse is not None else delta, delta, *_strides3(out), *_strides3(do), hq, n_q,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block, HAS_DLSE=dlse is not None,
+    )  # fmt: skip
+
+    common = dict(
+        Hq=hq, Hkv=hkv, Nq=n_q, Nk=n_k,
+        window_left=window_left or 0, window_right=window_right or 0,
+        sm_scale=scale, qk_scale=scale * LOG2E,
+        NQ_KEY=length_bucket(n_q), NK_KEY=length_bucket(n_k),
+        WL_KEY=window_bucket(window_left), WR_KEY=window_bucket(window_right),
+        HEAD_DIM=head_dim, BLOCK_D=block_d,
+        HAS_WL=window_left is not None, HAS_WR=window_right is not None,
+        UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
+    )  # fmt: skip
+    tensors = (q, k, v, do)
+    strides = [s for t in tensors for s in _strides3(t)]
+    dkdv_args = (*tensors, lse, delta, dk, dv, *strides, *_strides3(dk), *_strides3(dv))
+    dq_args = (*tensors, lse, delta, dq, *strides, *_strides3(dq))
+    dkdv_grid = lambda bm, bn: (cdiv(n_k, bn), batch * hkv)
+    dq_grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
+
+    if interp:
+        bm, bn = INTERPRET_BLOCKS["dkdv"]
+        _bwd_dkdv_kernel[dkdv_grid(bm, bn)](*dkdv_args, **common, BLOCK_M=bm, BLOCK_N=bn)
+        bm, bn = INTERPRET_BLOCKS["dq"]
+        _bwd_dq_kernel[dq_grid(bm, bn)](*dq_args, **common, BLOCK_M=bm, BLOCK_N=bn)
+    elif autotune and configs is None:
+        _dkdv_autotuned[lambda meta: dkdv_grid(meta["BLOCK_M"], meta["BLOCK_N"])](
+            *dkdv_args, **common
+        )
+        _dq_autotuned[lambda meta: dq_grid(meta["BLOCK_M"], meta["BLOCK_N"])](*dq_args, **common)
+    else:
+        elem = q.element_size()
+        dkdv_cands = [configs[0]] if configs else _fitting(_DKDV_CONFIGS, _dkdv_fits, block_d, elem)
+        dq_cands = [configs[1]] if configs else _fitting(_DQ_CONFIGS, _dq_fits, block_d, elem)
+        launch_fixed(
+            _bwd_dkdv_kernel,
+            dkdv_grid,
+            dkdv_args,
+            common,
+            dkdv_cands,
+            ("dkdv", block_d, elem, configs),
+        )
+        launch_fixed(
+            _bwd_dq_kernel, dq_grid, dq_args, common, dq_cands, ("dq", block_d, elem, configs)
+        )
+    return dq, dk, dv

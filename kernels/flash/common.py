@@ -1,0 +1,236 @@
+"""Pieces shared by the forward and backward kernels.
+
+The only places that know *which* (query, key) pairs interact are here:
+
+- ``kv_blocks_for_q_block`` / ``q_blocks_for_kv_block``: the block ranges a program
+  visits, split into masked edge blocks and unmasked ("full") interior blocks;
+- ``allowed_pairs``: the element-wise mask inside an edge block.
+
+Dense, causal and sliding-window attention are all the window mask below (causal is
+``window_right = 0``). A block-sparse variant replaces these three functions (a list
+of visited blocks and an in-block mask) and keeps the loops in forward.py/backward.py.
+
+Positions: query row i sits at ``p = i + Nk - Nq`` (bottom-right alignment); key j is
+allowed iff ``p - window_left <= j <= p + window_right`` and ``0 <= j < Nk`` (a missing
+bound is unbounded, selected by the HAS_WL / HAS_WR constexprs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # log2(e): scores go through exp2 with log2e folded into the scale
+
+# Tests set this to True: every output/gradient buffer is NaN-filled instead of left
+# uninitialised, so a tile the kernel forgets to write fails loudly.
+_POISON_OUTPUTS = False
+
+# Fixed tile sizes under the Triton interpreter (no autotuning there). 64x64 tiles are
+# far faster than small ones in the interpreter; tests override these to exercise the
+# edge/interior block split with BLOCK_M != BLOCK_N.
+INTERPRET_BLOCKS = {
+    "fwd": (64, 64),  # (BLOCK_M queries, BLOCK_N keys)
+    "dkdv": (64, 64),  # (BLOCK_M queries per step, BLOCK_N keys per program)
+    "dq": (64, 64),  # (BLOCK_M queries per program, BLOCK_N keys per step)
+}
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def alloc_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Uninitialised buffer with x's shape (and x's layout when x is dense)."""
+    out = torch.empty_like(x, dtype=dtype)
+    if _POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    return out
+
+
+def alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Uninitialised contiguous buffer (NaN-filled when poisoning)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if _POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    return out
+
+
+def head_dim_block(head_dim: int) -> int:
+    """BLOCK_D: head dim padded to a power of two (>= 16 so tl.dot accepts it)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def length_bucket(n: int) -> int:
+    """Autotune key for a sequence length: next power of two, so N=1000 and N=1024 share one tuning."""
+    return triton.next_power_of_2(max(n, 16))
+
+
+def window_bucket(w: int | None) -> int:
+    """Autotune key for a window extent: -1 when unbounded, else next power of two of w + 1."""
+    return -1 if w is None else triton.next_power_of_2(w + 1)
+
+
+def stride_last_one(x: torch.Tensor) -> torch.Tensor:
+    """The kernels index the head dim with stride 1; copy only when that is not already so."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs use 3xTF32 tensor-core dots (about fp32 accuracy; plain "ieee" FMA dots spill
+    registers heavily on sm_90). Ignored for 16-bit inputs and by the interpreter."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def smem_bytes(block_rows: int, block_cols: int, block_d: int, stages: int, elem: int = 2) -> int:
+    """Rough shared-memory estimate: one resident tile plus two streamed tiles per stage."""
+    return (block_rows * block_d + 2 * block_cols * block_d * stages) * elem
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# Index of the fixed config that launched, per (kernel, head-dim block, dtype size, ...) key.
+_FIXED_CHOICE: dict[tuple, int] = {}
+
+
+def launch_fixed(kernel, grid, args, kwargs, candidates, key) -> None:
+    """Launch ``kernel`` with the first of ``candidates`` (BLOCK_M, BLOCK_N, warps, stages) whose
+    compiled binary fits the device (shared memory is only known after compiling); the choice is
+    remembered per ``key`` so every later call of that key runs the same config (deterministic).
+    ``grid(block_m, block_n)`` gives the launch grid."""
+    start = _FIXED_CHOICE.get(key, 0)
+    for i in range(start, len(candidates)):
+        bm, bn, warps, stages = candidates[i]
+        try:
+            kernel[grid(bm, bn)](
+                *args, **kwargs, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages
+            )
+        except triton.runtime.errors.OutOfResources:
+            if i == len(candidates) - 1:
+                raise
+            continue
+        _FIXED_CHOICE[key] = i
+        return
+
+
+@triton.jit
+def load_tile(
+    ptrs,
+    rows,
+    n_rows,
+    offs_d,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CHECK_ROWS: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Load a ``[len(rows), BLOCK_D]`` tile; rows >= n_rows (if CHECK_ROWS) and padded head-dim columns read 0."""
+    if CHECK_ROWS:
+        if HEAD_DIM == BLOCK_D:
+            x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+        else:
+            x = tl.load(
+                ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0
+            )
+    else:
+        if HEAD_DIM == BLOCK_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    if UPCAST:  # the interpreter's bf16/fp16 arithmetic is wrong: compute in fp32 there
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def allowed_pairs(
+    q_idx, k_idx, Nq, Nk, window_left, window_right, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr
+):
+    """Element mask for an edge block. q_idx / k_idx: broadcastable 2-D row / key indices."""
+    q_pos = q_idx + (Nk - Nq)  # bottom-right aligned query position
+    ok = (q_idx < Nq) & (k_idx < Nk)
+    if HAS_WL:
+        ok = ok & (k_idx >= q_pos - window_left)
+    if HAS_WR:
+        ok = ok & (k_idx <= q_pos + window_right)
+    return ok
+
+
+@triton.jit
+def kv_blocks_for_q_block(
+    start_m,
+    Nq,
+    Nk,
+    window_left,
+    window_right,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_WL: tl.constexpr,
+    HAS_WR: tl.constexpr,
+):
+    """Key range for query rows [start_m, start_m + BLOCK_M) as ``lo <= mid_lo <= mid_hi <= hi``.
+
+    [lo, mid_lo) and [mid_hi, hi) are edge blocks (need ``allowed_pairs``); [mid_lo, mid_hi)
+    are full blocks where every valid query row may see every key. lo, mid_lo, mid_hi are
+    multiples of BLOCK_N (or equal hi). Everything clamped to >= 0 before integer division.
+    """
+    shift = Nk - Nq
+    p_min = start_m + shift  # position of the first row
+    p_max = tl.minimum(start_m + BLOCK_M, Nq) - 1 + shift  # position of the last valid row
+    lo = Nk * 0
+    full_lo = Nk * 0
+    if HAS_WL:  # j >= p - wl
+        lo = tl.maximum(p_min - window_left, 0) // BLOCK_N * BLOCK_N
+        full_lo = (tl.maximum(p_max - window_left, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    hi = Nk + 0
+    full_end = Nk + 0
+    if HAS_WR:  # j <= p + wr
+        hi = tl.minimum(p_max + window_right + 1, Nk)
+        full_end = tl.minimum(p_min + window_right + 1, Nk)
+    full_hi = tl.maximum(full_end, 0) // BLOCK_N * BLOCK_N
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), tl.maximum(hi, lo))
+    mid_hi = tl.maximum(tl.minimum(full_hi, hi), mid_lo)
+    return lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
+def q_blocks_for_kv_block(
+    start_n,
+    Nq,
+    Nk,
+    window_left,
+    window_right,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_WL: tl.constexpr,
+    HAS_WR: tl.constexpr,
+):
+    """Query-row range that can see keys [start_n, start_n + BLOCK_N), split like
+    ``kv_blocks_for_q_block`` (multiples of BLOCK_M; full blocks have all rows < Nq)."""
+    shift = Nk - Nq
+    k_last = tl.minimum(start_n + BLOCK_N, Nk) - 1
+    lo = Nq * 0
+    full_lo = Nq * 0
+    if HAS_WR:  # key j seen from p >= j - wr
+        lo = tl.maximum(start_n - window_right - shift, 0) // BLOCK_M * BLOCK_M
+        full_lo = (
+            (tl.maximum(start_n + BLOCK_N - 1 - window_right - shift, 0) + BLOCK_M - 1)
+            // BLOCK_M
+            * BLOCK_M
+        )
+    hi = Nq + 0
+    full_end = Nq + 0
+    if HAS_WL:  # key j seen from p <= j + wl
+        hi = tl.minimum(k_last + window_left - shift + 1, Nq)
+        full_end = tl.minimum(start_n + window_left - shift + 1, Nq)
+    full_hi = tl.maximum(full_end, 0) // BLOCK_M * BLOCK_M
+    full_hi = tl.where(start_n + BLOCK_N > Nk, 0, full_hi)  # a ragged last key block is never full
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), tl.maximum(hi, lo))
+    mid_hi = tl.maximum(tl.minimum(full_hi, hi), mid_lo)
+    return lo, mid_lo, mid_hi, hi

@@ -1,0 +1,249 @@
+"""Forward kernel: online-softmax attention over the key blocks a query block can see.
+
+One program per (query block, batch x query head). It visits only the key blocks that
+intersect the rows' windows (common.kv_blocks_for_q_block), in three runs: masked edge
+blocks, unmasked full blocks, masked edge blocks. Scores go through exp2 with log2(e)
+folded into the scale; tl.dot accumulates in fp32. Writes O ``[B, Hq, Nq, D]`` (q's
+dtype) and the natural-log row LSE ``[B, Hq, Nq]`` (fp32, -inf for empty rows).
+
+Shapes: q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]``; query head h reads kv head
+``h // (Hq // Hkv)`` (GQA/MQA without repeating K/V).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    INTERPRET_BLOCKS,
+    LOG2E,
+    alloc,
+    alloc_like,
+    allowed_pairs,
+    cdiv,
+    dot_precision,
+    head_dim_block,
+    interpreting,
+    kv_blocks_for_q_block,
+    launch_fixed,
+    length_bucket,
+    load_tile,
+    smem_bytes,
+    window_bucket,
+)
+
+LN2 = tl.constexpr(0.6931471805599453)  # ln(2): LSE back from the log2 domain
+_NO_SPECIALIZE = ["Nq", "Nk", "window_left", "window_right", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY"]
+
+
+@triton.jit
+def _fwd_key_blocks(
+    acc,  # [BLOCK_M, BLOCK_D] fp32 running numerator
+    l_i,  # [BLOCK_M] fp32 running denominator
+    m_i,  # [BLOCK_M] fp32 running max of scores (log2 domain)
+    q,  # [BLOCK_M, BLOCK_D]
+    K_bh, V_bh,  # pointers at k[b, h_kv, 0, 0], v[b, h_kv, 0, 0]
+    k_tile, v_tile,  # [BLOCK_N, BLOCK_D] int32 offsets of a key / value tile
+    stride_kn, stride_vn,
+    offs_m, offs_n, offs_d,  # [BLOCK_M] query indices, [BLOCK_N] 0..BLOCK_N-1, [BLOCK_D]
+    start, end,  # keys [start, end), step BLOCK_N
+    Nq, Nk, window_left, window_right,
+    qk_scale,  # softmax scale * log2(e)
+    MASKED: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    for start_n in range(start, end, BLOCK_N):
+        cols = start_n + offs_n  # [BLOCK_N] key indices
+        start64 = tl.cast(start_n, tl.int64)
+        k = load_tile(K_bh + start64 * stride_kn + k_tile, cols, Nk, offs_d,
+                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N] fp32
+        if MASKED:
+            ok = allowed_pairs(offs_m[:, None], cols[None, :], Nq, Nk,
+                               window_left, window_right, HAS_WL, HAS_WR)  # fmt: skip
+            qk = tl.where(ok, qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            # A row with no allowed key so far keeps m = -inf; subtract 0 instead (p = 0, no NaN).
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(qk - m_use[:, None])
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            m_use = m_new
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # one FMA per score
+        alpha = tl.math.exp2(m_i - m_use)  # [BLOCK_M] rescale of the old partial sums
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = load_tile(V_bh + start64 * stride_vn + v_tile, cols, Nk, offs_d,
+                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _fwd_kernel(
+    Q, K, V, Out, Lse,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    Hq, Hkv, Nq, Nk,
+    window_left, window_right, qk_scale,
+    NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only (bucketed lengths / windows)
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # Heaviest query blocks (last rows under causal masks) are launched first.
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    pid_bh = tl.program_id(1)
+    b64 = (pid_bh // Hq).to(tl.int64)
+    h = pid_bh % Hq
+    h64 = h.to(tl.int64)
+    hkv64 = (h // (Hq // Hkv)).to(tl.int64)
+    start_m64 = tl.cast(start_m, tl.int64)
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)  # [BLOCK_M] query indices
+    offs_n = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    offs_d = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    q_tile = tl.arange(0, BLOCK_M)[:, None] * stride_qn + offs_d[None, :]  # [BLOCK_M, BLOCK_D]
+    k_tile = offs_n[:, None] * stride_kn + offs_d[None, :]  # [BLOCK_N, BLOCK_D]
+    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+    K_bh = K + b64 * stride_kb + hkv64 * stride_kh
+    V_bh = V + b64 * stride_vb + hkv64 * stride_vh
+
+    q_ptrs = Q + b64 * stride_qb + h64 * stride_qh + start_m64 * stride_qn + q_tile
+    q = load_tile(q_ptrs, offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)  # [BLOCK_M, BLOCK_D]
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
+        start_m, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
+    )
+    # Edge blocks below the full run (left window edge).
+    acc, l_i, m_i = _fwd_key_blocks(
+        acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+        lo, mid_lo, Nq, Nk, window_left, window_right, qk_scale,
+        True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+    )  # fmt: skip
+    # Full blocks: no element mask.
+    acc, l_i, m_i = _fwd_key_blocks(
+        acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+        mid_lo, mid_hi, Nq, Nk, window_left, window_right, qk_scale,
+        False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+    )  # fmt: skip
+    # Edge blocks above it (diagonal / right window edge / ragged end of the keys).
+    acc, l_i, m_i = _fwd_key_blocks(
+        acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n, offs_d,
+        mid_hi, hi, Nq, Nk, window_left, window_right, qk_scale,
+        True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+    )  # fmt: skip
+
+    empty = l_i == 0.0  # rows with no allowed key: O = 0, LSE = -inf
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+
+    o_ptrs = (Out + b64 * stride_ob + h64 * stride_oh + start_m64 * stride_on
+              + tl.arange(0, BLOCK_M)[:, None] * stride_on + offs_d[None, :])  # fmt: skip
+    o_mask = (offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
+    tl.store(Lse + pid_bh.to(tl.int64) * Nq + offs_m, lse, mask=offs_m < Nq)
+
+
+# ----------------------------------------------------------------------------- launch
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages), chosen from offline sm_90 compiles (ptxas -v
+# register / spill counts). The fitting ones, in this order, are the fixed path's preference.
+_FWD_CONFIGS = [
+    (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3),
+    (64, 32, 4, 4), (64, 32, 4, 2),
+    (64, 32, 8, 2), (64, 64, 8, 2),  # for D > 128
+]  # fmt: skip
+_SMEM_LIMIT = 200 * 1024  # H100: 227 KB per block; the estimate below is rough
+
+
+def _fwd_fits(
+    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2
+) -> bool:
+    acc_regs = block_m * block_d // (32 * warps)  # fp32 accumulator registers per thread
+    return smem_bytes(block_m, block_n, block_d, stages, elem) <= _SMEM_LIMIT and acc_regs <= 64
+
+
+def _fwd_prune(configs, named_args, **kwargs):
+    named = {**named_args, **kwargs}
+    block_d, elem = named["BLOCK_D"], named["Q"].element_size()
+    meta = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+    return [c for c in configs if _fwd_fits(*meta(c), block_d, elem)] or configs[-1:]
+
+
+def fixed_fwd_configs(block_d: int, elem: int = 2) -> list[tuple[int, int, int, int]]:
+    """Configs for the non-autotuned path (deterministic mode), in order of preference."""
+    return [cfg for cfg in _FWD_CONFIGS if _fwd_fits(*cfg, block_d, elem)] or _FWD_CONFIGS[-1:]
+
+
+_fwd_kernel_autotuned = triton.autotune(
+    configs=[
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in _FWD_CONFIGS
+    ],
+    key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR"],
+    prune_configs_by={"early_config_prune": _fwd_prune},
+)(_fwd_kernel)
+
+
+def flash_fwd(
+    q: torch.Tensor,  # [B, Hq, Nq, D], stride(-1) == 1
+    k: torch.Tensor,  # [B, Hkv, Nk, D], stride(-1) == 1
+    v: torch.Tensor,  # [B, Hkv, Nk, D], stride(-1) == 1
+    scale: float,
+    window_left: int | None,
+    window_right: int | None,  # causal already folded in (window_right = 0)
+    autotune: bool = True,
+    config: tuple[int, int, int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel; returns O ``[B, Hq, Nq, D]`` (q.dtype) and LSE ``[B, Hq, Nq]`` fp32.
+
+    On CUDA: autotuned over ``_FWD_CONFIGS``, or the fixed config when ``autotune=False``, or
+    ``config`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) when given (tests, benchmarks).
+    """
+    batch, hq, n_q, head_dim = q.shape
+    _, hkv, n_k, _ = k.shape
+    out = alloc_like(q)  # [B, Hq, Nq, D]
+    lse = alloc((batch, hq, n_q), torch.float32, q.device)  # [B, Hq, Nq]
+    if lse.numel() == 0:
+        return out, lse
+    if n_k == 0 or head_dim == 0:  # nothing to attend to: every row is empty
+        return out.zero_(), lse.fill_(float("-inf"))
+
+    block_d = head_dim_block(head_dim)
+    interp = interpreting()
+    args = dict(
+        Q=q, K=k, V=v, Out=out, Lse=lse,
+        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
+        stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
+        stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
+        stride_ob=out.stride(0), stride_oh=out.stride(1), stride_on=out.stride(2),
+        Hq=hq, Hkv=hkv, Nq=n_q, Nk=n_k,
+        window_left=window_left or 0, window_right=window_right or 0, qk_scale=scale * LOG2E,
+        NQ_KEY=length_bucket(n_q), NK_KEY=length_bucket(n_k),
+        WL_KEY=window_bucket(window_left), WR_KEY=window_bucket(window_right),
+        HEAD_DIM=head_dim, BLOCK_D=block_d,
+        HAS_WL=window_left is not None, HAS_WR=window_right is not None,
+        UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
+    )  # fmt: skip
+    grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
+    if interp:
+        block_m, block_n = INTERPRET_BLOCKS["fwd"]
+        _fwd_kernel[grid(block_m, block_n)](**args, BLOCK_M=block_m, BLOCK_N=block_n)
+    elif autotune and config is None:
+        _fwd_kernel_autotuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](**args)
+    else:
+        candidates = [config] if config else fixed_fwd_configs(block_d, q.element_size())
+        launch_fixed(
+            _fwd_kernel, grid, (), args, candidates, ("fwd", block_d, q.element_size(), config)
+        )
+    return out, lse

@@ -1,0 +1,61 @@
+"""`python -m attnlab.bench [key=value ...] [bench=<preset>]`: the Hydra entry point.
+
+Composes conf/bench.yaml (repo root), runs the grid, writes results.csv, results.md,
+plot.png and env.json into the Hydra run dir and prints the markdown table. Hydra stops
+here: the library (`attnlab.bench.harness`, `report`, `env`) takes a plain `BenchConfig`.
+
+    python -m attnlab.bench                                   # CPU-sized default grid
+    python -m attnlab.bench impls=[sdpa,flex] seq_lens=[1024,2048] dtypes=[bfloat16]
+    python -m attnlab.bench bench=smoke hydra.run.dir=/tmp/bench
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from attnlab.bench.config import BenchConfig
+from attnlab.bench.env import environment
+from attnlab.bench.harness import run_benchmark
+from attnlab.bench.report import markdown, write_csv, write_env, write_plot
+
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # src/attnlab/bench/__main__.py -> repo/conf
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="bench", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        bench_cfg = BenchConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    device = bench_cfg.resolved_device()
+    env = environment(device)
+    print(f"attnlab.bench on {env['device_name']} ({device}); writing to {out_dir}", file=sys.stderr)
+    rows = run_benchmark(bench_cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+
+    baselines = bench_cfg.ratio_baselines
+    table = markdown(rows, baselines, env)
+    paths = [
+        write_csv(rows, out_dir / "results.csv", baselines),
+        write_env(env, out_dir / "env.json"),
+    ]
+    (out_dir / "results.md").write_text(table)
+    paths.insert(1, out_dir / "results.md")
+    if bench_cfg.plot:
+        plot = write_plot(rows, out_dir / "plot.png")
+        if plot is not None:
+            paths.append(plot)
+    print(table)
+    print("wrote: " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""The benchmark harness: grid, timing bookkeeping, skips, reports, config, Hydra entry point.
+
+CPU by default and fast (tiny grids, a few ms per case); correctness of the numbers
+themselves is the attention tests' job, here we check what the harness does with them.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab.attention import AttentionSpec
+from attnlab.bench import harness
+from attnlab.bench.config import BenchConfig
+from attnlab.bench.harness import run_benchmark
+from attnlab.bench.report import markdown, write_csv, write_plot
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+FAST = dict(device="cpu", warmup_ms=1, rep_ms=3, batch=1, heads=2, kv_heads=1, head_dims=[32], dtypes=["float32"])
+CAUSAL = {"name": "causal", "kind": "dense", "causal": True}
+SWA = {"name": "swa16", "kind": "sliding_window", "causal": True, "window": 16}
+
+
+def _rows_by(rows):
+    return {(r.impl, r.spec, r.n, r.mode): r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def tiny_rows():
+    cfg = BenchConfig(
+        impls=["reference", "sdpa", "flex", "sdpa_efficient", "sdpa_cudnn"],
+        baseline="sdpa", baselines=["reference"], specs=[CAUSAL, SWA],
+        seq_lens=[32, 64], modes=["fwd", "bwd", "fwd_bwd"], **FAST,
+    )
+    return cfg, run_benchmark(cfg)
+
+
+def test_grid_is_complete(tiny_rows):
+    cfg, rows = tiny_rows
+    assert len(rows) == 5 * 2 * 2 * 3  # impls x specs x seq_lens x modes
+    assert len(_rows_by(rows)) == len(rows)
+
+
+def test_measured_rows_are_consistent(tiny_rows):
+    cfg, rows = tiny_rows
+    specs = dict(cfg.named_specs)
+    measured = [r for r in rows if r.ok]
+    assert {r.impl for r in measured} == {"reference", "sdpa", "flex"}
+    for r in measured:
+        assert r.ms > 0 and math.isfinite(r.ms)
+        expected = specs[r.spec].flops(batch=1, heads=2, n_q=r.n, n_k=r.n, head_dim=32, mode=r.mode)
+        assert r.flops == expected
+        assert r.tflops == pytest.approx(r.flops / (r.ms * 1e-3) / 1e12, rel=1e-9)
+        assert math.isnan(r.peak_mib)  # CPU: no memory number
+        assert r.reason == ""
+
+
+def test_speedups_against_baselines(tiny_rows):
+    _, rows = tiny_rows
+    by = _rows_by(rows)
+    for r in rows:
+        if not r.ok:
+            assert r.speedups == {}
+            continue
+        assert list(r.speedups) == ["sdpa", "reference"]
+        for base in ("sdpa", "reference"):
+            t_base = by[(base, r.spec, r.n, r.mode)].ms
+            assert r.speedups[base] == pytest.approx(t_base / r.ms)
+        if r.impl in ("sdpa", "reference"):
+            assert r.speedups[r.impl] == 1.0
+
+
+def test_cases_that_cannot_run_are_skipped_with_reasons(tiny_rows):
+    _, rows = tiny_rows
+    by = _rows_by(rows)
+    for spec in ("causal", "swa16"):
+        for n in (32, 64):
+            for mode in ("bwd", "fwd_bwd"):
+                row = by[("flex", spec, n, mode)]
+                assert row.status == "skipped" and "backward" in row.reason
+            assert by[("flex", spec, n, "fwd")].ok
+            for impl, backend in (("sdpa_efficient", "EFFICIENT_ATTENTION"), ("sdpa_cudnn", "CUDNN_ATTENTION")):
+                row = by[(impl, spec, n, "fwd")]
+                assert row.status == "skipped" and backend in row.reason
+                assert math.isnan(row.ms) and math.isnan(row.tflops)
+
+
+def test_baseline_is_measured_even_if_not_listed():
+    cfg = BenchConfig(impls=["reference"], baseline="sdpa", specs=[CAUSAL], seq_lens=[32], modes=["fwd"], **FAST)
+    rows = run_benchmark(cfg)
+    assert [r.impl for r in rows] == ["reference", "sdpa"]
+    assert rows[0].speedups["sdpa"] == pytest.approx(rows[1].ms / rows[0].ms)
+
+
+def test_sdpa_backend_variant_runs_or_says_why():
+    # On CPU torch has FLASH_ATTENTION and MATH kernels (its CPU flash even takes a mask);
+    # on CUDA flash refuses a mask and the row is skipped with torch's reason (GPU test below).
+    cfg = BenchConfig(impls=["sdpa_math", "sdpa_flash"], baseline="sdpa_math", specs=[CAUSAL, SWA],
+                      seq_lens=[32], modes=["fwd", "fwd_bwd"], **FAST)
+    rows = run_benchmark(cfg)
+    assert all(r.ok for r in rows if r.impl == "sdpa_math")
+    for r in rows:
+        assert r.ok or r.reason
+
+
+def test_a_failing_case_does_not_stop_the_run(monkeypatch):
+    real = harness._impl_fn
+
+    def flaky(impl, spec):
+        if impl == "reference":
+            def oom(q, k, v):
+                raise torch.cuda.OutOfMemoryError("tried to allocate 80 GiB")
+            return oom
+        return real(impl, spec)
+
+    monkeypatch.setattr(harness, "_impl_fn", flaky)
+    cfg = BenchConfig(impls=["reference", "sdpa"], specs=[CAUSAL], seq_lens=[32, 64], modes=["fwd"], **FAST)
+    rows = run_benchmark(cfg)
+    assert [(r.impl, r.status) for r in rows] == [
+        ("reference", "skipped"), ("sdpa", "ok"), ("reference", "skipped"), ("sdpa", "ok")]
+    assert "out of memory" in rows[0].reason and "80 GiB" in rows[0].reason
+
+
+def test_unimportable_triton_kernel_is_a_skip(monkeypatch):
+    # The kernels are written concurrently: an import error must become a reason, not a crash.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # so the triton impl accepts the CPU
+    monkeypatch.setattr(harness, "interpreter_on", lambda: False)  # ... and the bench times it
+    monkeypatch.setitem(sys.modules, "attnlab.kernels.flash", None)  # import fails
+    cfg = BenchConfig(impls=["triton", "sdpa"], specs=[CAUSAL], seq_lens=[32], modes=["fwd"], **FAST)
+    rows = run_benchmark(cfg)
+    assert rows[0].status == "skipped" and "Error" in rows[0].reason
+    assert rows[1].ok
+
+
+def test_triton_on_cpu_is_skipped_with_reason():
+    cfg = BenchConfig(impls=["triton"], baseline=None, specs=[CAUSAL], seq_lens=[32], modes=["fwd"], **FAST)
+    (row,) = run_benchmark(cfg)
+    assert row.status == "skipped"
+    assert "TRITON_INTERPRET" in row.reason or "CUDA" in row.reason
+
+
+def test_reports(tiny_rows, tmp_path):
+    cfg, rows = tiny_rows
+    path = write_csv(rows, tmp_path / "results.csv", cfg.ratio_baselines)
+    with path.open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    assert {"ms", "tflops", "peak_mib", "speedup_vs_sdpa", "speedup_vs_reference", "reason"} <= set(table[0])
+    skipped = [t for t in table if t["status"] == "skipped"]
+    assert skipped and all(t["reason"] and t["ms"] == "" for t in skipped)
+
+    text = markdown(rows, cfg.ratio_baselines)
+    assert "| impl | spec | N | D | dtype | mode | ms | TFLOP/s | peak MiB | vs sdpa | vs reference |" in text
+    assert text.count("\n| ") == 1 + sum(r.ok for r in rows)  # header + one line per measured row
+    assert "Skipped (" in text and "FlexAttention has no backward" in text
+
+    png = write_plot(rows, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"impls": ["reference", "tritn"]}, ["impls", "'tritn'", "sdpa_flash"]),
+        ({"baseline": "fast"}, ["baseline", "'fast'"]),
+        ({"baselines": ["sdpa", "nope"]}, ["baselines", "'nope'"]),
+        ({"modes": ["fwd", "backward"]}, ["modes", "'backward'", "fwd_bwd"]),
+        ({"dtypes": ["int8"]}, ["dtypes", "'int8'", "bfloat16"]),
+        ({"seq_lens": [128, 0]}, ["seq_lens", "0", "positive"]),
+        ({"head_dims": [-64]}, ["head_dims", "-64", "positive"]),
+        ({"seq_lens": []}, ["seq_lens", "empty"]),
+        ({"batch": 0}, ["batch=0", "positive"]),
+        ({"heads": 6, "kv_heads": 4}, ["heads=6", "kv_heads=4"]),
+        ({"warmup_ms": 0}, ["warmup_ms=0", "positive"]),
+        ({"device": "tpu"}, ["device='tpu'", "cuda:N"]),
+        ({"specs": [{"kind": "sparse"}]}, ["specs[0]", "'sparse'", "sliding_window"]),
+        ({"specs": [{"kind": "sliding_window", "window": 0}]}, ["specs[0]", "window"]),
+        ({"specs": [CAUSAL, CAUSAL]}, ["unique", "causal"]),
+        ({"specs": ["dense"]}, ["specs[0]", "dict"]),
+    ],
+)
+def test_config_errors_name_key_value_and_allowed(overrides, words):
+    with pytest.raises(ValueError) as info:
+        BenchConfig(**overrides)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_config_unknown_key():
+    with pytest.raises(ValueError, match="unknown key.*seqlens.*allowed: .*seq_lens"):
+        BenchConfig.from_dict({"seqlens": [128]})
+
+
+def test_config_normalises():
+    cfg = BenchConfig(impls="sdpa", baseline="flex", baselines=["sdpa", "flex"], dtypes=["bf16", "bfloat16", "fp32"],
+                      specs=[{"kind": "sliding_window", "causal": True, "window": [8, 0]}])
+    assert cfg.impls == ("sdpa",)
+    assert cfg.ratio_baselines == ("flex", "sdpa")
+    assert cfg.all_impls == ("sdpa", "flex")
+    assert cfg.dtypes == ("bfloat16", "float32")
+    ((name, spec),) = cfg.named_specs
+    assert spec == AttentionSpec(kind="sliding_window", causal=True, window=(8, 0)) and name == spec.name
+
+
+# ---------------------------------------------------------------------------- Hydra
+def _compose(overrides=()):
+    hydra = pytest.importorskip("hydra")
+    from omegaconf import OmegaConf
+
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra.compose(config_name="bench", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_default_config_composes_and_is_cpu_sized():
+    cfg = BenchConfig.from_dict(_compose())
+    assert cfg.device == "auto" and cfg.baseline == "sdpa"
+    assert set(cfg.impls) == {"reference", "sdpa", "flex"}
+    assert max(cfg.seq_lens) <= 1024 and len(cfg.named_specs) >= 3
+    assert {spec.kind for _, spec in cfg.named_specs} == {"dense", "sliding_window", "block_sparse"}
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "bench").glob("*.yaml")))
+def test_presets_compose(preset):
+    # device=cpu so a GPU preset validates on a CPU machine too
+    BenchConfig.from_dict(_compose([f"bench={preset}", "device=cpu"]))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONF_DIR.glob("bench*.yaml")))
+def test_primary_bench_configs_compose(name):
+    # e.g. bench.yaml and a `--config-name bench_gpu` variant
+    hydra = pytest.importorskip("hydra")
+    from omegaconf import OmegaConf
+
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra.compose(config_name=name, overrides=["device=cpu"])
+    BenchConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+
+
+def _run_cli(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, "-m", "attnlab.bench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_entry_point_end_to_end(tmp_path):
+    pytest.importorskip("hydra")
+    out = tmp_path / "run"
+    proc = _run_cli(["bench=smoke", "device=cpu", "seq_lens=[32,64]", "impls=[reference,sdpa,flex]",
+                     "modes=[fwd,fwd_bwd]", f"hydra.run.dir={out}"], cwd=tmp_path)  # cwd: not the repo
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("results.csv", "results.md", "plot.png", "env.json"):
+        assert (out / name).stat().st_size > 0, name
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3 * 2 * 2 * 2  # impls x specs x seq_lens x modes (smoke: 2 specs)
+    assert "| impl | spec | N |" in proc.stdout and "| sdpa | dense_causal | 64 |" in proc.stdout
+    assert "Skipped (4 of 24 cases)" in proc.stdout  # flex fwd_bwd on CPU
+    assert str(out / "results.csv") in proc.stdout
+    env = (out / "env.json").read_text()
+    for key in ("device_name", "torch", "triton", "python", "git_commit", "date", "hostname"):
+        assert f'"{key}"' in env
+
+
+def test_entry_point_rejects_bad_config_before_timing(tmp_path):
+    pytest.importorskip("hydra")
+    proc = _run_cli(["impls=[sdpa,warp]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "impls contains 'warp'" in proc.stderr
+    assert not (tmp_path / "run" / "results.csv").exists()
+
+
+# ---------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+def test_gpu_benchmark_smoke():
+    cfg = BenchConfig(device="cuda", impls=["sdpa", "flex", "triton", "sdpa_flash", "sdpa_math"],
+                      baselines=["sdpa_flash"], specs=[CAUSAL, SWA], seq_lens=[256], head_dims=[64],
+                      dtypes=["bfloat16"], modes=["fwd", "bwd", "fwd_bwd"], batch=1, heads=4, kv_heads=2,
+                      warmup_ms=5, rep_ms=20)
+    rows = run_benchmark(cfg)
+    by = _rows_by(rows)
+    for mode in ("fwd", "bwd", "fwd_bwd"):
+        for impl in ("sdpa", "flex", "sdpa_math"):
+            row = by[(impl, "causal", 256, mode)]
+            assert row.ok, row.reason
+            assert row.ms > 0 and row.peak_mib >= 0
+        assert by[("sdpa_flash", "causal", 256, mode)].ok
+        masked = by[("sdpa_flash", "swa16", 256, mode)]
+        assert masked.status == "skipped" and masked.reason  # flash takes no mask
+    for r in rows:
+        assert r.ok or r.reason

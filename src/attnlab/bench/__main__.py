@@ -22,8 +22,8 @@ from attnlab.bench.config import BenchConfig
 from attnlab.bench.env import environment
 from attnlab.bench.harness import run_benchmark
 from attnlab.bench.report import markdown, write_csv, write_env, write_plot
+from attnlab.paths import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # src/attnlab/bench/__main__.py -> repo/conf
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="bench", version_base="1.3")

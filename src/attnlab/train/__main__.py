@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab.configs import from_dict
@@ -42,9 +45,19 @@ def main(cfg: DictConfig) -> None:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    run_dir = HydraConfig.get().runtime.output_dir
-    metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=bool(cfg.resume),
-                    config_record=OmegaConf.to_container(cfg, resolve=True))
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    try:
+        metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=bool(cfg.resume),
+                        config_record=OmegaConf.to_container(cfg, resolve=True))
+    except Exception as err:
+        # Recorded for `python -m attnlab.report`; in a sweep the other runs go on.
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        print(f"error: run {run_dir} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return
+        sys.exit(1)
     print(json.dumps(metrics, indent=2))
     print(f"run dir: {run_dir}")
 

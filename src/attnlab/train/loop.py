@@ -87,6 +87,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, run_di
           config_record: dict | None = None) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _write_record(run_dir, config_record, model_cfg, data_cfg, cfg)  # first: a failed run is still a run
     device = resolve_device(cfg.device)
     corpus = build_data(data_cfg)
     if model_cfg.vocab_size is None:
@@ -98,7 +99,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, run_di
         )
     if data_cfg.context > model_cfg.context:
         raise ValueError(f"data.context={data_cfg.context} exceeds model.context={model_cfg.context}")
-    record = dict(config_record or {}, model=asdict(model_cfg), data=asdict(data_cfg), train=asdict(cfg))
+    record = _write_record(run_dir, config_record, model_cfg, data_cfg, cfg)
 
     torch.manual_seed(cfg.seed)
     model = Transformer(model_cfg).to(device)
@@ -116,7 +117,6 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, run_di
         _truncate_log(run_dir / "metrics.jsonl", start)
     elif not resume and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2, default=str))
 
     step_model = torch.compile(model) if cfg.compile else model
     amp = device.type == "cuda"
@@ -213,6 +213,12 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, run_di
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.close(summary=metrics)
     return metrics
+
+
+def _write_record(run_dir: Path, config_record, model_cfg, data_cfg, cfg) -> dict:
+    record = dict(config_record or {}, model=asdict(model_cfg), data=asdict(data_cfg), train=asdict(cfg))
+    (run_dir / "config.json").write_text(json.dumps(record, indent=2, default=str))
+    return record
 
 
 def _ckpt_step(path: Path) -> int | None:

@@ -13,11 +13,11 @@ from attnlab.attention.registry import Impl, register
 
 @functools.lru_cache(maxsize=16)
 def _mask_and_rows(spec, n_q: int, n_k: int, device: torch.device):
-    """(mask [H or 1, Nq, Nk] with empty rows opened up, has_key [H or 1, Nq, 1])."""
+    """(mask [H or 1, Nq, Nk] with empty rows opened up, has_key [H or 1, Nq, 1]).
+
+    No data-dependent Python branch here, so models using it compile with fullgraph=True."""
     mask = spec.dense_mask(n_q, n_k, device=device)
     has_key = mask.any(dim=-1, keepdim=True)
-    if bool(has_key.all()):
-        return mask, None
     return mask | ~has_key, has_key
 
 
@@ -36,7 +36,7 @@ def sdpa_attention(q, k, v, spec, scale: float) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=spec.causal, scale=scale, enable_gqa=gqa)
     mask, has_key = _mask_and_rows(spec, n_q, n_k, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale, enable_gqa=gqa)
-    return out if has_key is None else out * has_key[None].to(out.dtype)
+    return out * has_key[None].to(out.dtype)
 
 
 def _mask_mod(spec, n_q: int, n_k: int, device):

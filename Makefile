@@ -31,10 +31,13 @@ $(STAMP): pyproject.toml
 	fi
 	@touch $(STAMP)
 
-# The main job. Until the attention-ablation sweep lands (issue 7) it is the CPU benchmark of
-# every attention kind x impl: time, mask-exact TFLOP/s and ratios, table + plot.
+# The main job: the attention ablation (conf/experiment/attention_ablation.yaml: dense, sliding
+# window, hybrid and bigbird attention x 2 seeds on a small char model, 2 runs at a time),
+# then its report: table (mean ± std over seeds) and Pareto plots in multirun/attention_ablation.
+# A rerun skips the runs that already completed.
 demo: $(STAMP)
-	$(PYTHON) -m attnlab.bench
+	OMP_NUM_THREADS=1 WANDB_MODE=offline $(PYTHON) -m attnlab.train experiment=attention_ablation
+	$(PYTHON) -m attnlab.report multirun/attention_ablation
 
 # CPU tests (Triton kernels under the interpreter), one torch thread per worker.
 test: $(STAMP)

@@ -39,3 +39,19 @@ def test_sample_config_composes():
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra.compose(config_name="sample", overrides=["checkpoint=x.pt"])
     assert cfg.max_new_tokens > 0 and cfg.greedy is False
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_compose(experiment):
+    cfg = compose([f"experiment={experiment}"])
+    model_cfg, data_cfg, train_cfg = configs_from(cfg)
+    Transformer(replace(model_cfg, vocab_size=256))
+    assert data_cfg.context == model_cfg.context
+
+
+def test_attention_ablation_sweeps_kinds_and_seeds():
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra.compose(config_name="train", overrides=["experiment=attention_ablation"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["attention"] == "dense,swa,hybrid,bigbird" and params["train.seed"] == "0,1"
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")

@@ -8,7 +8,7 @@ from pathlib import Path
 AXES = {  # file stem -> (row key, axis label, higher is better)
     "pareto_tokens_per_s": ("tokens_per_s", "tokens/s (higher is better)", True),
     "pareto_peak_memory": ("peak_memory_mib", "peak memory MiB (lower is better)", False),
-    "pareto_attention_flops": ("attention_flops_per_token", "attention GFLOP per token (lower is better)", False),
+    "pareto_attention_flops": ("attention_flops_per_token", "attention MFLOP per token, fwd+bwd (lower is better)", False),
 }
 
 

@@ -12,10 +12,10 @@ METRICS = {  # column -> (metrics.json key, format)
     "val_loss": ("val_loss", "{:.3f}"),
     "tokens/s": ("tokens_per_s", "{:,.0f}"),
     "peak MiB": ("peak_memory_mib", "{:,.0f}"),
-    "attn GFLOP/token": ("attention_flops_per_token", "{:.4f}"),
+    "attn MFLOP/token": ("attention_flops_per_token", "{:.3g}"),
     "params": ("params", "{:,.0f}"),
 }
-SCALE = {"attention_flops_per_token": 1e-9}
+SCALE = {"attention_flops_per_token": 1e-6}
 
 
 def group_runs(runs) -> list[dict]:

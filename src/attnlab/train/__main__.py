@@ -10,6 +10,7 @@ turns it off, train.wandb_mode=online logs online when you have a key).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import traceback
@@ -38,6 +39,21 @@ def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, TrainConfig]
     )
 
 
+def config_hash(container: dict) -> str:
+    """Identity of a run's settings (everything but `resume`): a sweep rerun skips a run
+    whose dir already holds a complete metrics.json with this hash."""
+    body = {k: v for k, v in container.items() if k != "resume"}
+    return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def already_complete(run_dir: Path, digest: str) -> bool:
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return metrics.get("status") == "complete" and metrics.get("config_hash") == digest
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
@@ -47,10 +63,14 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    record = OmegaConf.to_container(cfg, resolve=True)
+    record["config_hash"] = digest = config_hash(record)
+    if already_complete(run_dir, digest):
+        print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
+        return
     (run_dir / "error.txt").unlink(missing_ok=True)
     try:
-        metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=bool(cfg.resume),
-                        config_record=OmegaConf.to_container(cfg, resolve=True))
+        metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=bool(cfg.resume), config_record=record)
     except Exception as err:
         # Recorded for `python -m attnlab.report`; in a sweep the other runs go on.
         (run_dir / "error.txt").write_text(traceback.format_exc())

@@ -194,6 +194,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, run_di
     attn_fwd_bwd = fpt["attention"]
     metrics = {
         "status": "complete",
+        "config_hash": record.get("config_hash"),
         "steps": cfg.steps,
         "train_loss": last.get("train_loss"),
         **{k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("val_")},

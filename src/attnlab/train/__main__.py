@@ -55,7 +55,7 @@ def already_complete(run_dir: Path, digest: str) -> bool:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     try:
         model_cfg, data_cfg, train_cfg = configs_from(cfg)
     except ValueError as err:
@@ -67,7 +67,10 @@ def main(cfg: DictConfig) -> None:
     record["config_hash"] = digest = config_hash(record)
     if already_complete(run_dir, digest):
         print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
-        return
+        done = json.loads((run_dir / "metrics.json").read_text())
+        return done.get("val_bpb", done.get("val_loss"))
+    if hydra_cfg.mode == RunMode.MULTIRUN and train_cfg.wandb_group is None:
+        train_cfg.wandb_group = Path(hydra_cfg.sweep.dir).name  # wandb groups a sweep's runs
     (run_dir / "error.txt").unlink(missing_ok=True)
     try:
         metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=bool(cfg.resume), config_record=record)
@@ -76,10 +79,11 @@ def main(cfg: DictConfig) -> None:
         (run_dir / "error.txt").write_text(traceback.format_exc())
         print(f"error: run {run_dir} failed: {type(err).__name__}: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            return
+            return float("nan")  # a failed trial for a sweeper; the sweep goes on
         sys.exit(1)
     print(json.dumps(metrics, indent=2))
     print(f"run dir: {run_dir}")
+    return metrics.get("val_bpb", metrics.get("val_loss"))  # the objective of hparams_search sweeps
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""Sweeps: rerun skips completed runs, launchers (joblib, submitit_local, SLURM preset), Optuna."""
+
+import json
+import subprocess
+import sys
+
+import hydra
+import pytest
+import yaml
+
+from attnlab.paths import CONF_DIR
+from attnlab.report import gather_runs
+
+TINY = ["model=tiny", "train.steps=2", "train.eval_every=0", "train.logger=none", "train.progress=false",
+        "data.batch_size=2", "data.val_tokens=128"]
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "attnlab-cache"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def train(*args):
+    out = subprocess.run([sys.executable, "-m", "attnlab.train", *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_rerun_skips_completed_runs_and_redoes_changed_ones(tmp_path):
+    sweep = tmp_path / "sweep"
+    train("-m", "attention=dense,swa", *TINY, f"hydra.sweep.dir={sweep}")
+    first = {r.path.name: json.loads((r.path / "metrics.json").read_text()) for r in gather_runs(sweep)}
+    again = train("-m", "attention=dense,swa", *TINY, f"hydra.sweep.dir={sweep}")
+    assert again.stdout.count("skip:") == 2
+    assert {r.path.name: json.loads((r.path / "metrics.json").read_text()) for r in gather_runs(sweep)} == first
+    changed = train("-m", "attention=dense,swa", *TINY, "train.lr=2e-3", f"hydra.sweep.dir={sweep}")
+    assert changed.stdout.count("skip:") == 0, "a different config is not skipped"
+
+
+def test_submitit_local_launcher(tmp_path):
+    sweep = tmp_path / "sweep"
+    train("-m", "hydra/launcher=submitit_local", "attention=dense,bigbird", *TINY, f"hydra.sweep.dir={sweep}")
+    assert sorted(r.status for r in gather_runs(sweep)) == ["complete", "complete"]
+
+
+def test_optuna_search_minimises_val_bpb(tmp_path):
+    sweep = tmp_path / "optuna"
+    train("hparams_search=optuna_bpb", "hydra.sweeper.n_trials=2", *TINY, f"hydra.sweep.dir={sweep}")
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    runs = gather_runs(sweep)
+    assert len(runs) == 2 and result["best_value"] == min(r.metrics["val_bpb"] for r in runs)
+    assert set(result["best_params"]) == {"train.lr", "model.dropout", "attention"}
+
+
+def test_slurm_preset_composes():
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra.compose(config_name="train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                            return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 240

@@ -1,11 +1,29 @@
-"""FlashAttention-2 style Triton kernels: dense, causal and sliding-window attention, fwd + bwd.
+"""FlashAttention-2 style Triton kernels: dense, causal, sliding-window and block-sparse
+attention, fwd + bwd.
 
 - ``flash_attention``: the fused kernel (CUDA; CPU under ``TRITON_INTERPRET=1``).
-- ``flash_attention_reference``: the pure-PyTorch oracle with the same semantics.
-- ``flash_attention_mask``: the bool ``[Nq, Nk]`` mask those semantics define.
+- ``block_sparse_attention``: the same kernels walking a compressed block layout.
+- ``flash_attention_reference`` / ``block_sparse_reference``: the pure-PyTorch oracles.
+- ``flash_attention_mask`` / ``block_sparse_mask``: the bool masks those semantics define.
+- ``compress_layout``: a layout's CSR/CSC index (cached), as the kernels consume it.
 """
 
-from .interface import flash_attention
-from .reference import flash_attention_mask, flash_attention_reference
+from .interface import block_sparse_attention, flash_attention
+from .layout import BlockSparseIndex, compress_layout
+from .reference import (
+    block_sparse_mask,
+    block_sparse_reference,
+    flash_attention_mask,
+    flash_attention_reference,
+)
 
-__all__ = ["flash_attention", "flash_attention_mask", "flash_attention_reference"]
+__all__ = [
+    "BlockSparseIndex",
+    "block_sparse_attention",
+    "block_sparse_mask",
+    "block_sparse_reference",
+    "compress_layout",
+    "flash_attention",
+    "flash_attention_mask",
+    "flash_attention_reference",
+]

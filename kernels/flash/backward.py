@@ -10,6 +10,9 @@ bitwise deterministic run to run and re-running a kernel (autotune trials) is id
 3. ``_bwd_dq_kernel``: one program per (query block, batch x query head), looping over the
    same key blocks as the forward.
 
+Block-sparse (``SPARSE``): the dK/dV pass walks each query head's CSC column of its key block
+(which query blocks see it), the dQ pass the CSR row, with the same loop bodies (layout.py).
+
 With P = exp(S - LSE) recomputed from the saved LSE (S = scale * q kᵀ):
     dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dSᵀ Q.
 Rows with LSE = -inf (no allowed key) are read as LSE = +inf so that P = 0 there.
@@ -23,11 +26,9 @@ import triton
 import triton.language as tl
 
 from .common import (
-    INTERPRET_BLOCKS,
     LOG2E,
     alloc,
     alloc_like,
-    allowed_pairs,
     cdiv,
     dot_precision,
     head_dim_block,
@@ -36,13 +37,21 @@ from .common import (
     launch_fixed,
     length_bucket,
     load_tile,
+    pair_mask,
     q_blocks_for_kv_block,
     smem_bytes,
+    sparse_bounds,
+    sparse_tile_start,
     window_bucket,
 )
+from .forward import interpret_tiles
+from .layout import BlockSparseIndex, check_tiles, dense_launch_args
 
 _LOG2E = tl.constexpr(LOG2E)
-_NO_SPECIALIZE = ["Nq", "Nk", "window_left", "window_right", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY"]
+_NO_SPECIALIZE = [
+    "Nq", "Nk", "window_left", "window_right", "idx_head_stride", "lay_head_stride", "lay_kb",
+    "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY",
+]  # fmt: skip
 
 
 @triton.jit
@@ -80,13 +89,20 @@ def _dkdv_query_blocks(
     q_tile, do_tile,  # [BLOCK_M, BLOCK_D] int32 offsets of a query tile
     stride_qn, stride_don,
     offs_m, cols, offs_d,  # [BLOCK_M] 0..BLOCK_M-1, [BLOCK_N] key indices, [BLOCK_D]
-    start, end,  # query rows [start, end), step BLOCK_M
+    start, end,  # dense: query rows [start, end), step BLOCK_M; sparse: steps [start, end) of Idx
     Nq, Nk, window_left, window_right, qk_scale,
+    Idx, Lay_h, lay_kb,  # sparse only: query-block list, int8 layout of this head, its row length
     MASKED: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
 ):  # fmt: skip
-    for start_m in range(start, end, BLOCK_M):
+    for it in range(start, end, 1 if SPARSE else BLOCK_M):
+        if SPARSE:
+            start_m = sparse_tile_start(Idx, it, BLOCK_M, INDEX_BLOCK)
+        else:
+            start_m = it
         rows = start_m + offs_m  # [BLOCK_M] query indices
         start64 = tl.cast(start_m, tl.int64)
         q = load_tile(Q_bh + start64 * stride_qn + q_tile, rows, Nq, offs_d,
@@ -102,8 +118,8 @@ def _dkdv_query_blocks(
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
         qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M] = Sᵀ / scale
         if MASKED:
-            ok = allowed_pairs(rows[None, :], cols[:, None], Nq, Nk,
-                               window_left, window_right, HAS_WL, HAS_WR)  # fmt: skip
+            ok = pair_mask(rows[None, :], cols[:, None], Nq, Nk, window_left, window_right,
+                           Lay_h, lay_kb, HAS_WL, HAS_WR, LAYOUT_MASK, LAYOUT_BLOCK)  # fmt: skip
             p_t = tl.math.exp2(tl.where(ok, qk_t * qk_scale, float("-inf")) - lse[None, :])
         else:
             p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])  # [BLOCK_N, BLOCK_M]
@@ -117,6 +133,7 @@ def _dkdv_query_blocks(
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV,
+    Bounds, Idx, Lay,  # sparse only: CSC (start, mid, end) per key block, query blocks, layout
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -125,9 +142,13 @@ def _bwd_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn,
     Hq, Hkv, Nq, Nk,
     window_left, window_right, sm_scale, qk_scale,
+    idx_head_stride, lay_head_stride, lay_kb,  # sparse only (0 strides: one layout for all heads)
     NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     start_n = tl.program_id(0) * BLOCK_N
     pid_bkv = tl.program_id(1)
@@ -157,29 +178,51 @@ def _bwd_dkdv_kernel(
         start_n, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
     )
     for g in range(group):  # query heads sharing this kv head: summed in registers
-        h64 = (h_kv * group + g).to(tl.int64)
+        h = h_kv * group + g
+        h64 = h.to(tl.int64)
         Q_bh = Q + b64 * stride_qb + h64 * stride_qh
         DO_bh = DO + b64 * stride_dob + h64 * stride_doh
         row0 = (b64 * Hq + h64) * Nq  # LSE / delta are contiguous [B, Hq, Nq]
-        # Edge blocks, full blocks (no element mask), edge blocks.
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
-            stride_qn, stride_don, offs_m, cols, offs_d, lo, mid_lo,
-            Nq, Nk, window_left, window_right, qk_scale,
-            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
-        )  # fmt: skip
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
-            stride_qn, stride_don, offs_m, cols, offs_d, mid_lo, mid_hi,
-            Nq, Nk, window_left, window_right, qk_scale,
-            False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
-        )  # fmt: skip
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
-            stride_qn, stride_don, offs_m, cols, offs_d, mid_hi, hi,
-            Nq, Nk, window_left, window_right, qk_scale,
-            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
-        )  # fmt: skip
+        Lay_h = Lay + h64 * lay_head_stride
+        if SPARSE:  # this head's CSC column: masked query blocks, then full ones
+            e0, e1, e2 = sparse_bounds(Bounds + h * idx_head_stride, start_n // INDEX_BLOCK)
+            sub = INDEX_BLOCK // BLOCK_M
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
+                stride_qn, stride_don, offs_m, cols, offs_d, e0 * sub, e1 * sub,
+                Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
+                True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            )  # fmt: skip
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
+                stride_qn, stride_don, offs_m, cols, offs_d, e1 * sub, e2 * sub,
+                Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
+                False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            )  # fmt: skip
+        else:  # edge blocks, full blocks (no element mask), edge blocks
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
+                stride_qn, stride_don, offs_m, cols, offs_d, lo, mid_lo,
+                Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
+                True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            )  # fmt: skip
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
+                stride_qn, stride_don, offs_m, cols, offs_d, mid_lo, mid_hi,
+                Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
+                False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            )  # fmt: skip
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
+                stride_qn, stride_don, offs_m, cols, offs_d, mid_hi, hi,
+                Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
+                True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            )  # fmt: skip
 
     dk = dk * sm_scale
     out_mask = (cols[:, None] < Nk) & (offs_d[None, :] < HEAD_DIM)
@@ -198,13 +241,20 @@ def _dq_key_blocks(
     lse, delta,  # [BLOCK_M]; lse in the log2 domain, +inf for empty rows
     K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
     rows, offs_n, offs_d,  # [BLOCK_M] query indices, [BLOCK_N] 0..BLOCK_N-1, [BLOCK_D]
-    start, end,  # keys [start, end), step BLOCK_N
+    start, end,  # dense: keys [start, end), step BLOCK_N; sparse: steps [start, end) of Idx
     Nq, Nk, window_left, window_right, qk_scale,
+    Idx, Lay_h, lay_kb,  # sparse only: key-block list, int8 layout of this head, its row length
     MASKED: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
 ):  # fmt: skip
-    for start_n in range(start, end, BLOCK_N):
+    for it in range(start, end, 1 if SPARSE else BLOCK_N):
+        if SPARSE:
+            start_n = sparse_tile_start(Idx, it, BLOCK_N, INDEX_BLOCK)
+        else:
+            start_n = it
         cols = start_n + offs_n  # [BLOCK_N] key indices
         start64 = tl.cast(start_n, tl.int64)
         k = load_tile(K_bh + start64 * stride_kn + k_tile, cols, Nk, offs_d,
@@ -213,8 +263,8 @@ def _dq_key_blocks(
                       HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # fmt: skip
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
         if MASKED:
-            ok = allowed_pairs(rows[:, None], cols[None, :], Nq, Nk,
-                               window_left, window_right, HAS_WL, HAS_WR)  # fmt: skip
+            ok = pair_mask(rows[:, None], cols[None, :], Nq, Nk, window_left, window_right,
+                           Lay_h, lay_kb, HAS_WL, HAS_WR, LAYOUT_MASK, LAYOUT_BLOCK)  # fmt: skip
             p = tl.math.exp2(tl.where(ok, qk * qk_scale, float("-inf")) - lse[:, None])
         else:
             p = tl.math.exp2(qk * qk_scale - lse[:, None])
@@ -227,6 +277,7 @@ def _dq_key_blocks(
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ,
+    Bounds, Idx, Lay,  # sparse only: CSR (start, mid, end) per query block, key blocks, layout
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -234,9 +285,13 @@ def _bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqn,
     Hq, Hkv, Nq, Nk,
     window_left, window_right, sm_scale, qk_scale,
+    idx_head_stride, lay_head_stride, lay_kb,  # sparse only (0 strides: one layout for all heads)
     NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M  # heavy blocks first
     pid_bh = tl.program_id(1)
@@ -267,26 +322,45 @@ def _bwd_dq_kernel(
     k_tile = offs_n[:, None] * stride_kn + offs_d[None, :]  # [BLOCK_N, BLOCK_D]
     v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    Lay_h = Lay + h64 * lay_head_stride
 
-    lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
-        start_m, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
-    )
-    # Edge blocks, full blocks (no element mask), edge blocks.
-    dq = _dq_key_blocks(
-        dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
-        rows, offs_n, offs_d, lo, mid_lo, Nq, Nk, window_left, window_right, qk_scale,
-        True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-    )  # fmt: skip
-    dq = _dq_key_blocks(
-        dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
-        rows, offs_n, offs_d, mid_lo, mid_hi, Nq, Nk, window_left, window_right, qk_scale,
-        False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-    )  # fmt: skip
-    dq = _dq_key_blocks(
-        dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
-        rows, offs_n, offs_d, mid_hi, hi, Nq, Nk, window_left, window_right, qk_scale,
-        True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-    )  # fmt: skip
+    if SPARSE:  # this query block's CSR row: masked key blocks, then full ones
+        e0, e1, e2 = sparse_bounds(Bounds + h * idx_head_stride, start_m // INDEX_BLOCK)
+        sub = INDEX_BLOCK // BLOCK_N
+        dq = _dq_key_blocks(
+            dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+            rows, offs_n, offs_d, e0 * sub, e1 * sub, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
+        dq = _dq_key_blocks(
+            dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+            rows, offs_n, offs_d, e1 * sub, e2 * sub, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
+            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
+    else:  # edge blocks, full blocks (no element mask), edge blocks
+        lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
+            start_m, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
+        )
+        dq = _dq_key_blocks(
+            dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+            rows, offs_n, offs_d, lo, mid_lo, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
+        dq = _dq_key_blocks(
+            dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+            rows, offs_n, offs_d, mid_lo, mid_hi, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
+            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
+        dq = _dq_key_blocks(
+            dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+            rows, offs_n, offs_d, mid_hi, hi, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
 
     dq = dq * sm_scale
     dq_ptrs = (DQ + b64 * stride_dqb + h64 * stride_dqh + start_m64 * stride_dqn
@@ -320,6 +394,9 @@ _DQ_CONFIGS = [
     (64, 64, 4, 3),
     (32, 32, 4, 2),
 ]
+# Block-sparse: tiles must divide the index block (16..128 tokens), so small tiles join the list.
+_SPARSE_DKDV_CONFIGS = _DKDV_CONFIGS + [(16, 32, 4, 2), (16, 16, 4, 2)]
+_SPARSE_DQ_CONFIGS = _DQ_CONFIGS + [(32, 16, 4, 2), (16, 16, 4, 2)]
 _SMEM_LIMIT = 200 * 1024  # H100: 227 KB per block; the estimate below is rough
 
 
@@ -339,38 +416,55 @@ def _dq_fits(
     return smem <= _SMEM_LIMIT and acc_regs <= 64
 
 
-def _fitting(configs, fits, block_d, elem=2):
-    """Configs that pass ``fits``, in list order (the fixed path tries them in this order)."""
-    return [cfg for cfg in configs if fits(*cfg, block_d, elem)] or configs[-1:]
+def _divides(block_m: int, block_n: int, index_block: int) -> bool:
+    """Sparse tiles split an index block exactly (index_block 0: dense, anything goes)."""
+    return index_block == 0 or (index_block % block_m == 0 and index_block % block_n == 0)
+
+
+def _fitting(configs, fits, block_d, elem=2, index_block=0):
+    """Configs that pass ``fits`` (and divide ``index_block`` when block-sparse), in list order
+    (the fixed path tries them in this order)."""
+    ok = [cfg for cfg in configs if _divides(cfg[0], cfg[1], index_block)]
+    return [cfg for cfg in ok if fits(*cfg, block_d, elem)] or ok[-1:]
 
 
 def _make_prune(fits):
     def prune(configs, named_args, **kwargs):
         named = {**named_args, **kwargs}
-        block_d, elem = named["BLOCK_D"], named["Q"].element_size()
+        block_d, elem, g = named["BLOCK_D"], named["Q"].element_size(), named["INDEX_BLOCK"]
         meta = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-        return [c for c in configs if fits(*meta(c), block_d, elem)] or configs[-1:]
+        ok = [c for c in configs if _divides(*meta(c)[:2], g)]
+        return [c for c in ok if fits(*meta(c), block_d, elem)] or ok[-1:]
 
     return prune
 
 
-def _autotuned(kernel, configs, fits):
+def _autotuned(kernel, configs, fits, extra_key=()):
     return triton.autotune(
         configs=[
             triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
             for bm, bn, w, s in configs
         ],
-        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR"],
+        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", *extra_key],
         prune_configs_by={"early_config_prune": _make_prune(fits)},
     )(kernel)
 
 
 _dkdv_autotuned = _autotuned(_bwd_dkdv_kernel, _DKDV_CONFIGS, _dkdv_fits)
 _dq_autotuned = _autotuned(_bwd_dq_kernel, _DQ_CONFIGS, _dq_fits)
+_SPARSE_KEY = ("INDEX_BLOCK", "LAYOUT_MASK", "LAYOUT_BLOCK")
+_sparse_dkdv_autotuned = _autotuned(_bwd_dkdv_kernel, _SPARSE_DKDV_CONFIGS, _dkdv_fits, _SPARSE_KEY)
+_sparse_dq_autotuned = _autotuned(_bwd_dq_kernel, _SPARSE_DQ_CONFIGS, _dq_fits, _SPARSE_KEY)
 
 
 def _strides3(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _split_ptrs(launch_args: dict) -> tuple[tuple, dict]:
+    """((Bounds, Idx, Lay), the other launch arguments)."""
+    rest = dict(launch_args)
+    return (rest.pop("Bounds"), rest.pop("Idx"), rest.pop("Lay")), rest
 
 
 def flash_bwd(
@@ -386,11 +480,13 @@ def flash_bwd(
     window_right: int | None,  # causal already folded in (window_right = 0)
     autotune: bool = True,
     configs: tuple[tuple[int, int, int, int], tuple[int, int, int, int]] | None = None,
+    sparse: BlockSparseIndex | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the three backward kernels; returns dq, dk, dv in the input dtypes.
 
     On CUDA: autotuned, or fixed configs when ``autotune=False``, or ``configs`` =
     (dkdv_config, dq_config), each (BLOCK_M, BLOCK_N, num_warps, num_stages), when given.
+    ``sparse``: the compressed block-sparse layout the forward used (CSC for dK/dV, CSR for dQ).
     """
     batch, hq, n_q, head_dim = q.shape
     _, hkv, n_k, _ = k.shape
@@ -419,36 +515,48 @@ def flash_bwd(
         HAS_WL=window_left is not None, HAS_WR=window_right is not None,
         UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
     )  # fmt: skip
+    # Index-list pointers go positionally (they follow the outputs in the kernel signature).
+    dkdv_ptrs, dkdv_kw = _split_ptrs(
+        sparse.launch_args(transposed=True) if sparse else dense_launch_args(delta)
+    )
+    dq_ptrs, dq_kw = _split_ptrs(
+        sparse.launch_args(transposed=False) if sparse else dense_launch_args(delta)
+    )
+    dkdv_common, dq_common = {**common, **dkdv_kw}, {**common, **dq_kw}
     tensors = (q, k, v, do)
     strides = [s for t in tensors for s in _strides3(t)]
-    dkdv_args = (*tensors, lse, delta, dk, dv, *strides, *_strides3(dk), *_strides3(dv))
-    dq_args = (*tensors, lse, delta, dq, *strides, *_strides3(dq))
+    dkdv_args = (*tensors, lse, delta, dk, dv, *dkdv_ptrs, *strides, *_strides3(dk), *_strides3(dv))
+    dq_args = (*tensors, lse, delta, dq, *dq_ptrs, *strides, *_strides3(dq))
     dkdv_grid = lambda bm, bn: (cdiv(n_k, bn), batch * hkv)
     dq_grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
+    g = sparse.index_block if sparse else 0
+    if configs is not None and sparse:
+        for cfg in configs:
+            check_tiles(cfg[0], cfg[1], g, sparse.block_size)
 
     if interp:
-        bm, bn = INTERPRET_BLOCKS["dkdv"]
-        _bwd_dkdv_kernel[dkdv_grid(bm, bn)](*dkdv_args, **common, BLOCK_M=bm, BLOCK_N=bn)
-        bm, bn = INTERPRET_BLOCKS["dq"]
-        _bwd_dq_kernel[dq_grid(bm, bn)](*dq_args, **common, BLOCK_M=bm, BLOCK_N=bn)
+        bm, bn = interpret_tiles("dkdv", sparse)
+        _bwd_dkdv_kernel[dkdv_grid(bm, bn)](*dkdv_args, **dkdv_common, BLOCK_M=bm, BLOCK_N=bn)
+        bm, bn = interpret_tiles("dq", sparse)
+        _bwd_dq_kernel[dq_grid(bm, bn)](*dq_args, **dq_common, BLOCK_M=bm, BLOCK_N=bn)
     elif autotune and configs is None:
-        _dkdv_autotuned[lambda meta: dkdv_grid(meta["BLOCK_M"], meta["BLOCK_N"])](
-            *dkdv_args, **common
+        dkdv_tuned = _sparse_dkdv_autotuned if sparse else _dkdv_autotuned
+        dq_tuned = _sparse_dq_autotuned if sparse else _dq_autotuned
+        dkdv_tuned[lambda meta: dkdv_grid(meta["BLOCK_M"], meta["BLOCK_N"])](
+            *dkdv_args, **dkdv_common
         )
-        _dq_autotuned[lambda meta: dq_grid(meta["BLOCK_M"], meta["BLOCK_N"])](*dq_args, **common)
+        dq_tuned[lambda meta: dq_grid(meta["BLOCK_M"], meta["BLOCK_N"])](*dq_args, **dq_common)
     else:
         elem = q.element_size()
-        dkdv_cands = [configs[0]] if configs else _fitting(_DKDV_CONFIGS, _dkdv_fits, block_d, elem)
-        dq_cands = [configs[1]] if configs else _fitting(_DQ_CONFIGS, _dq_fits, block_d, elem)
+        dkdv_list = _SPARSE_DKDV_CONFIGS if sparse else _DKDV_CONFIGS
+        dq_list = _SPARSE_DQ_CONFIGS if sparse else _DQ_CONFIGS
+        dkdv_cands = [configs[0]] if configs else _fitting(dkdv_list, _dkdv_fits, block_d, elem, g)
+        dq_cands = [configs[1]] if configs else _fitting(dq_list, _dq_fits, block_d, elem, g)
         launch_fixed(
-            _bwd_dkdv_kernel,
-            dkdv_grid,
-            dkdv_args,
-            common,
-            dkdv_cands,
-            ("dkdv", block_d, elem, configs),
-        )
+            _bwd_dkdv_kernel, dkdv_grid, dkdv_args, dkdv_common, dkdv_cands,
+            ("dkdv", block_d, elem, configs, g),
+        )  # fmt: skip
         launch_fixed(
-            _bwd_dq_kernel, dq_grid, dq_args, common, dq_cands, ("dq", block_d, elem, configs)
+            _bwd_dq_kernel, dq_grid, dq_args, dq_common, dq_cands, ("dq", block_d, elem, configs, g)
         )
     return dq, dk, dv

@@ -7,8 +7,13 @@ The only places that know *which* (query, key) pairs interact are here:
 - ``allowed_pairs``: the element-wise mask inside an edge block.
 
 Dense, causal and sliding-window attention are all the window mask below (causal is
-``window_right = 0``). A block-sparse variant replaces these three functions (a list
-of visited blocks and an in-block mask) and keeps the loops in forward.py/backward.py.
+``window_right = 0``). Block-sparse attention (``SPARSE`` constexpr in the kernels) keeps
+the loops in forward.py/backward.py and swaps the iteration source: instead of a token
+range it walks a compressed index list (layout.py: CSR rows for the forward / dQ pass,
+CSC columns for the dK/dV pass), each entry one ``INDEX_BLOCK``-sized block split into
+kernel-tile sub-blocks (``sparse_tile_start``); its in-block mask is ``pair_mask``
+(the window mask, plus the exact layout when layout blocks are smaller than the index
+block).
 
 Positions: query row i sits at ``p = i + Nk - Nq`` (bottom-right alignment); key j is
 allowed iff ``p - window_left <= j <= p + window_right`` and ``0 <= j < Nk`` (a missing
@@ -37,6 +42,9 @@ INTERPRET_BLOCKS = {
     "dkdv": (64, 64),  # (BLOCK_M queries per step, BLOCK_N keys per program)
     "dq": (64, 64),  # (BLOCK_M queries per program, BLOCK_N keys per step)
 }
+# Block-sparse under the interpreter: None = min(64, index block) for both tiles; tests set a
+# dict like INTERPRET_BLOCKS to exercise sub-tiles (tiles must divide the index block).
+INTERPRET_SPARSE_BLOCKS: dict[str, tuple[int, int]] | None = None
 
 
 def interpreting() -> bool:
@@ -160,6 +168,40 @@ def allowed_pairs(
     if HAS_WR:
         ok = ok & (k_idx <= q_pos + window_right)
     return ok
+
+
+@triton.jit
+def pair_mask(
+    q_idx, k_idx, Nq, Nk, window_left, window_right,
+    Lay_h,  # int8 [Mb, Kb] layout of this head (only read when LAYOUT_MASK)
+    lay_kb,  # Kb: layout blocks per key row
+    HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Element mask of a masked block: ``allowed_pairs`` and, when the layout is finer than the
+    index block (LAYOUT_MASK), the layout bit of each pair's (query block, key block)."""
+    ok = allowed_pairs(q_idx, k_idx, Nq, Nk, window_left, window_right, HAS_WL, HAS_WR)
+    if LAYOUT_MASK:
+        offs = (q_idx // LAYOUT_BLOCK).to(tl.int64) * lay_kb + k_idx // LAYOUT_BLOCK
+        ok = ok & (tl.load(Lay_h + offs, mask=ok, other=0) != 0)
+    return ok
+
+
+@triton.jit
+def sparse_tile_start(Idx, it, BLOCK: tl.constexpr, INDEX_BLOCK: tl.constexpr):
+    """Token offset of step ``it`` through an index list whose entries (block numbers of
+    INDEX_BLOCK tokens) are each split into ``INDEX_BLOCK // BLOCK`` tiles of BLOCK tokens."""
+    return (
+        tl.load(Idx + it // (INDEX_BLOCK // BLOCK)) * INDEX_BLOCK
+        + (it % (INDEX_BLOCK // BLOCK)) * BLOCK
+    )
+
+
+@triton.jit
+def sparse_bounds(Bounds, block):
+    """(start, mid, end) of one index row: entries [start, mid) are masked, [mid, end) full."""
+    ptr = Bounds + block * 3
+    return tl.load(ptr), tl.load(ptr + 1), tl.load(ptr + 2)
 
 
 @triton.jit

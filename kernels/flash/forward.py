@@ -2,7 +2,9 @@
 
 One program per (query block, batch x query head). It visits only the key blocks that
 intersect the rows' windows (common.kv_blocks_for_q_block), in three runs: masked edge
-blocks, unmasked full blocks, masked edge blocks. Scores go through exp2 with log2(e)
+blocks, unmasked full blocks, masked edge blocks. With ``SPARSE`` (block-sparse layouts) the same
+loop body walks the query block's CSR row instead (layout.py): its masked blocks, then its
+full blocks, each index block split into BLOCK_N-key tiles. Scores go through exp2 with log2(e)
 folded into the scale; tl.dot accumulates in fp32. Writes O ``[B, Hq, Nq, D]`` (q's
 dtype) and the natural-log row LSE ``[B, Hq, Nq]`` (fp32, -inf for empty rows).
 
@@ -16,12 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from .common import (
-    INTERPRET_BLOCKS,
     LOG2E,
     alloc,
     alloc_like,
-    allowed_pairs,
     cdiv,
     dot_precision,
     head_dim_block,
@@ -30,12 +31,19 @@ from .common import (
     launch_fixed,
     length_bucket,
     load_tile,
+    pair_mask,
     smem_bytes,
+    sparse_bounds,
+    sparse_tile_start,
     window_bucket,
 )
+from .layout import BlockSparseIndex, check_tiles, dense_launch_args
 
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): LSE back from the log2 domain
-_NO_SPECIALIZE = ["Nq", "Nk", "window_left", "window_right", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY"]
+_NO_SPECIALIZE = [
+    "Nq", "Nk", "window_left", "window_right", "idx_head_stride", "lay_head_stride", "lay_kb",
+    "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY",
+]  # fmt: skip
 
 
 @triton.jit
@@ -48,22 +56,29 @@ def _fwd_key_blocks(
     k_tile, v_tile,  # [BLOCK_N, BLOCK_D] int32 offsets of a key / value tile
     stride_kn, stride_vn,
     offs_m, offs_n, offs_d,  # [BLOCK_M] query indices, [BLOCK_N] 0..BLOCK_N-1, [BLOCK_D]
-    start, end,  # keys [start, end), step BLOCK_N
+    start, end,  # dense: keys [start, end), step BLOCK_N; sparse: steps [start, end) of Idx
     Nq, Nk, window_left, window_right,
     qk_scale,  # softmax scale * log2(e)
+    Idx, Lay_h, lay_kb,  # sparse only: key-block list, int8 layout of this head, its row length
     MASKED: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
 ):  # fmt: skip
-    for start_n in range(start, end, BLOCK_N):
+    for it in range(start, end, 1 if SPARSE else BLOCK_N):
+        if SPARSE:
+            start_n = sparse_tile_start(Idx, it, BLOCK_N, INDEX_BLOCK)
+        else:
+            start_n = it
         cols = start_n + offs_n  # [BLOCK_N] key indices
         start64 = tl.cast(start_n, tl.int64)
         k = load_tile(K_bh + start64 * stride_kn + k_tile, cols, Nk, offs_d,
                       HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N] fp32
         if MASKED:
-            ok = allowed_pairs(offs_m[:, None], cols[None, :], Nq, Nk,
-                               window_left, window_right, HAS_WL, HAS_WR)  # fmt: skip
+            ok = pair_mask(offs_m[:, None], cols[None, :], Nq, Nk, window_left, window_right,
+                           Lay_h, lay_kb, HAS_WL, HAS_WR, LAYOUT_MASK, LAYOUT_BLOCK)  # fmt: skip
             qk = tl.where(ok, qk * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
             # A row with no allowed key so far keeps m = -inf; subtract 0 instead (p = 0, no NaN).
@@ -86,15 +101,20 @@ def _fwd_key_blocks(
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _fwd_kernel(
     Q, K, V, Out, Lse,
+    Bounds, Idx, Lay,  # sparse only: CSR (start, mid, end) per query block, key blocks, layout
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     Hq, Hkv, Nq, Nk,
     window_left, window_right, qk_scale,
+    idx_head_stride, lay_head_stride, lay_kb,  # sparse only (0 strides: one layout for all heads)
     NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only (bucketed lengths / windows)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # Heaviest query blocks (last rows under causal masks) are launched first.
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
@@ -119,28 +139,50 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    Lay_h = Lay + h64 * lay_head_stride
 
-    lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
-        start_m, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
-    )
-    # Edge blocks below the full run (left window edge).
-    acc, l_i, m_i = _fwd_key_blocks(
-        acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-        lo, mid_lo, Nq, Nk, window_left, window_right, qk_scale,
-        True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-    )  # fmt: skip
-    # Full blocks: no element mask.
-    acc, l_i, m_i = _fwd_key_blocks(
-        acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-        mid_lo, mid_hi, Nq, Nk, window_left, window_right, qk_scale,
-        False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-    )  # fmt: skip
-    # Edge blocks above it (diagonal / right window edge / ragged end of the keys).
-    acc, l_i, m_i = _fwd_key_blocks(
-        acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n, offs_d,
-        mid_hi, hi, Nq, Nk, window_left, window_right, qk_scale,
-        True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-    )  # fmt: skip
+    if SPARSE:
+        # Key blocks of this query block's CSR row: masked ones, then full ones (no element
+        # mask), each INDEX_BLOCK keys walked in BLOCK_N tiles.
+        e0, e1, e2 = sparse_bounds(Bounds + h * idx_head_stride, start_m // INDEX_BLOCK)
+        sub = INDEX_BLOCK // BLOCK_N
+        acc, l_i, m_i = _fwd_key_blocks(
+            acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
+            offs_d, e0 * sub, e1 * sub, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
+        acc, l_i, m_i = _fwd_key_blocks(
+            acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
+            offs_d, e1 * sub, e2 * sub, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
+            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
+    else:
+        lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
+            start_m, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
+        )
+        # Edge blocks below the full run (left window edge).
+        acc, l_i, m_i = _fwd_key_blocks(
+            acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
+            offs_d, lo, mid_lo, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
+        # Full blocks: no element mask.
+        acc, l_i, m_i = _fwd_key_blocks(
+            acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
+            offs_d, mid_lo, mid_hi, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
+            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
+        # Edge blocks above it (diagonal / right window edge / ragged end of the keys).
+        acc, l_i, m_i = _fwd_key_blocks(
+            acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
+            offs_d, mid_hi, hi, Nq, Nk, window_left, window_right, qk_scale,
+            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+        )  # fmt: skip
 
     empty = l_i == 0.0  # rows with no allowed key: O = 0, LSE = -inf
     l_safe = tl.where(empty, 1.0, l_i)
@@ -163,6 +205,8 @@ _FWD_CONFIGS = [
     (64, 32, 4, 4), (64, 32, 4, 2),
     (64, 32, 8, 2), (64, 64, 8, 2),  # for D > 128
 ]  # fmt: skip
+# Block-sparse: tiles must divide the index block (16..128 tokens), so small tiles join the list.
+_SPARSE_FWD_CONFIGS = _FWD_CONFIGS + [(32, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)]
 _SMEM_LIMIT = 200 * 1024  # H100: 227 KB per block; the estimate below is rough
 
 
@@ -173,26 +217,43 @@ def _fwd_fits(
     return smem_bytes(block_m, block_n, block_d, stages, elem) <= _SMEM_LIMIT and acc_regs <= 64
 
 
+def _divides(block_m: int, block_n: int, index_block: int) -> bool:
+    """Sparse tiles split an index block exactly (index_block 0: dense, anything goes)."""
+    return index_block == 0 or (index_block % block_m == 0 and index_block % block_n == 0)
+
+
 def _fwd_prune(configs, named_args, **kwargs):
     named = {**named_args, **kwargs}
-    block_d, elem = named["BLOCK_D"], named["Q"].element_size()
+    block_d, elem, g = named["BLOCK_D"], named["Q"].element_size(), named["INDEX_BLOCK"]
     meta = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-    return [c for c in configs if _fwd_fits(*meta(c), block_d, elem)] or configs[-1:]
+    ok = [c for c in configs if _divides(*meta(c)[:2], g)]
+    return [c for c in ok if _fwd_fits(*meta(c), block_d, elem)] or ok[-1:]
 
 
-def fixed_fwd_configs(block_d: int, elem: int = 2) -> list[tuple[int, int, int, int]]:
-    """Configs for the non-autotuned path (deterministic mode), in order of preference."""
-    return [cfg for cfg in _FWD_CONFIGS if _fwd_fits(*cfg, block_d, elem)] or _FWD_CONFIGS[-1:]
+def fixed_fwd_configs(
+    block_d: int, elem: int = 2, index_block: int = 0
+) -> list[tuple[int, int, int, int]]:
+    """Configs for the non-autotuned path (deterministic mode), in order of preference;
+    ``index_block`` > 0 (block-sparse) keeps only tiles that divide it."""
+    configs = _SPARSE_FWD_CONFIGS if index_block else _FWD_CONFIGS
+    ok = [cfg for cfg in configs if _divides(cfg[0], cfg[1], index_block)]
+    return [cfg for cfg in ok if _fwd_fits(*cfg, block_d, elem)] or ok[-1:]
 
 
-_fwd_kernel_autotuned = triton.autotune(
-    configs=[
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in _FWD_CONFIGS
-    ],
-    key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR"],
-    prune_configs_by={"early_config_prune": _fwd_prune},
-)(_fwd_kernel)
+def _autotuned(configs, extra_key=()):
+    return triton.autotune(
+        configs=[
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in configs
+        ],
+        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", *extra_key],
+        prune_configs_by={"early_config_prune": _fwd_prune},
+    )(_fwd_kernel)
+
+
+_fwd_kernel_autotuned = _autotuned(_FWD_CONFIGS)
+_SPARSE_KEY = ("INDEX_BLOCK", "LAYOUT_MASK", "LAYOUT_BLOCK")
+_sparse_fwd_kernel_autotuned = _autotuned(_SPARSE_FWD_CONFIGS, _SPARSE_KEY)
 
 
 def flash_fwd(
@@ -204,11 +265,14 @@ def flash_fwd(
     window_right: int | None,  # causal already folded in (window_right = 0)
     autotune: bool = True,
     config: tuple[int, int, int, int] | None = None,
+    sparse: BlockSparseIndex | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel; returns O ``[B, Hq, Nq, D]`` (q.dtype) and LSE ``[B, Hq, Nq]`` fp32.
 
     On CUDA: autotuned over ``_FWD_CONFIGS``, or the fixed config when ``autotune=False``, or
     ``config`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) when given (tests, benchmarks).
+    ``sparse``: a compressed block-sparse layout (layout.py) built for these lengths and this
+    window; its query blocks replace the window's key range.
     """
     batch, hq, n_q, head_dim = q.shape
     _, hkv, n_k, _ = k.shape
@@ -235,15 +299,31 @@ def flash_fwd(
         HAS_WL=window_left is not None, HAS_WR=window_right is not None,
         UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
     )  # fmt: skip
+    args.update(sparse.launch_args(transposed=False) if sparse else dense_launch_args(lse))
     grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
+    g = sparse.index_block if sparse else 0
+    if config is not None and sparse:
+        check_tiles(config[0], config[1], g, sparse.block_size)
     if interp:
-        block_m, block_n = INTERPRET_BLOCKS["fwd"]
+        block_m, block_n = interpret_tiles("fwd", sparse)
         _fwd_kernel[grid(block_m, block_n)](**args, BLOCK_M=block_m, BLOCK_N=block_n)
     elif autotune and config is None:
-        _fwd_kernel_autotuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](**args)
+        tuned = _sparse_fwd_kernel_autotuned if sparse else _fwd_kernel_autotuned
+        tuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](**args)
     else:
-        candidates = [config] if config else fixed_fwd_configs(block_d, q.element_size())
+        candidates = [config] if config else fixed_fwd_configs(block_d, q.element_size(), g)
         launch_fixed(
-            _fwd_kernel, grid, (), args, candidates, ("fwd", block_d, q.element_size(), config)
+            _fwd_kernel, grid, (), args, candidates, ("fwd", block_d, q.element_size(), config, g)
         )
     return out, lse
+
+
+def interpret_tiles(kernel: str, sparse: BlockSparseIndex | None) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) under the interpreter: ``INTERPRET_BLOCKS`` for dense / window;
+    for block-sparse ``INTERPRET_SPARSE_BLOCKS`` when set, else min(64, index block)."""
+    if sparse is None:
+        return common.INTERPRET_BLOCKS[kernel]
+    g = sparse.index_block
+    tiles = (common.INTERPRET_SPARSE_BLOCKS or {}).get(kernel, (min(64, g), min(64, g)))
+    check_tiles(*tiles, g, sparse.block_size)
+    return tiles

@@ -1,8 +1,9 @@
-"""Public entry point: ``flash_attention`` and its autograd.Function.
+"""Public entry points: ``flash_attention``, ``block_sparse_attention`` and their autograd.Function.
 
 Chain: Triton kernels (forward.py, backward.py) -> launchers ``flash_fwd`` / ``flash_bwd``
--> ``FlashAttentionFunction`` -> ``flash_attention``. The pure-PyTorch oracle with the
-same semantics is ``reference.flash_attention_reference``.
+-> ``FlashAttentionFunction`` -> ``flash_attention`` / ``block_sparse_attention`` (the latter
+first compresses its layout, layout.py). The pure-PyTorch oracles with the same semantics are
+``reference.flash_attention_reference`` and ``reference.block_sparse_reference``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import Tensor
 from .backward import flash_bwd
 from .common import interpreting, stride_last_one
 from .forward import flash_fwd
+from .layout import BlockSparseIndex, check_layout, compress_layout
 from .reference import check_attention_args
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -23,14 +25,17 @@ class FlashAttentionFunction(torch.autograd.Function):
     """Autograd wrapper; outputs (O ``[B, Hq, Nq, D]``, LSE ``[B, Hq, Nq]`` fp32), both differentiable."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, window_left, window_right, deterministic):
+    def forward(ctx, q, k, v, scale, window_left, window_right, deterministic, sparse=None):
         q, k, v = stride_last_one(q), stride_last_one(k), stride_last_one(v)
-        out, lse = flash_fwd(q, k, v, scale, window_left, window_right, autotune=not deterministic)
+        out, lse = flash_fwd(
+            q, k, v, scale, window_left, window_right, autotune=not deterministic, sparse=sparse
+        )
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale = scale
         ctx.window_left = window_left
         ctx.window_right = window_right
         ctx.deterministic = deterministic
+        ctx.sparse = sparse
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -52,8 +57,9 @@ class FlashAttentionFunction(torch.autograd.Function):
             ctx.window_left,
             ctx.window_right,
             autotune=not ctx.deterministic,
+            sparse=ctx.sparse,
         )
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def flash_attention(
@@ -109,15 +115,75 @@ def flash_attention(
     head_dim = q.shape[-1]
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head dim D must be in [1, {MAX_HEAD_DIM}], got D={head_dim}")
-    if q.device.type != "cuda" and not interpreting():
-        raise NotImplementedError(
-            f"flash_attention runs Triton kernels: it needs CUDA tensors (got device {q.device}), "
-            "or TRITON_INTERPRET=1 set before triton is imported to run them on CPU; "
-            "use flash_attention_reference for a pure-PyTorch path"
-        )
+    _require_kernel_device(q, "flash_attention", "flash_attention_reference")
     # causal is the window bound j <= p, i.e. window_right = 0 (tighter than any window_right >= 0).
     eff_right = 0 if causal else window_right
     out, lse = FlashAttentionFunction.apply(
         q, k, v, scale, window_left, eff_right, bool(deterministic)
     )
     return (out, lse) if return_lse else out
+
+
+def block_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: Tensor,
+    block_size: int,
+    *,
+    causal: bool = False,
+    window_left: int | None = None,
+    window_right: int | None = None,
+    scale: float | None = None,
+    deterministic: bool = False,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Block-sparse fused attention, forward and backward: ``flash_attention`` restricted to the
+    (query block, key block) pairs a layout keeps.
+
+    Args:
+        q, k, v, causal, window_left, window_right, scale, deterministic, return_lse: as in
+            ``flash_attention``; the causal / window rules still apply inside kept blocks.
+        layout: bool ``[H, ceil(Nq / block_size), ceil(Nk / block_size)]`` with H = 1 (shared
+            by all query heads) or H = Hq (one layout per query head), any device. Query block
+            r covers rows ``[r * block_size, (r + 1) * block_size)`` (blocks start at row 0).
+        block_size: tokens per layout block, a power of two. >= 16: kernel tiles of 16..
+            block_size tokens split each block (no layout mask in the tile); 1..8: coarsened to
+            16-token tiles that also apply the exact layout bit per pair.
+
+    The layout is compressed once into CSR/CSC index lists with per-block "full" flags
+    (layout.py) and cached per layout tensor; pass the same tensor again to skip that work.
+    Rows with no allowed key give zeros and zero gradients, never NaN.
+    """
+    scale = check_attention_args(
+        q, k, v, window_left=window_left, window_right=window_right, scale=scale,
+        allowed_dtypes=_KERNEL_DTYPES,
+    )  # fmt: skip
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal must be a bool, got {causal!r}")
+    head_dim, hq, n_q, n_k = q.shape[-1], q.shape[1], q.shape[2], k.shape[2]
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim D must be in [1, {MAX_HEAD_DIM}], got D={head_dim}")
+    check_layout(layout, block_size, n_q, n_k)
+    if layout.shape[0] not in (1, hq):
+        raise ValueError(
+            f"layout has {layout.shape[0]} head layouts but q has Hq={hq} heads; use 1 or {hq}"
+        )
+    _require_kernel_device(q, "block_sparse_attention", "block_sparse_reference")
+    eff_right = 0 if causal else window_right
+    sparse: BlockSparseIndex | None = None
+    if n_q > 0 and n_k > 0:
+        sparse = compress_layout(layout, block_size, n_q, n_k, window_left, eff_right, q.device)
+    out, lse = FlashAttentionFunction.apply(
+        q, k, v, scale, window_left, eff_right, bool(deterministic), sparse
+    )
+    return (out, lse) if return_lse else out
+
+
+def _require_kernel_device(q: Tensor, name: str, reference: str) -> None:
+    if q.device.type != "cuda" and not interpreting():
+        raise NotImplementedError(
+            f"{name} runs Triton kernels: it needs CUDA tensors (got device {q.device}), "
+            "or TRITON_INTERPRET=1 set before triton is imported to run them on CPU; "
+            f"use {reference} for a pure-PyTorch path"
+        )

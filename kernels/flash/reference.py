@@ -135,15 +135,71 @@ def flash_attention_reference(
     scale = check_attention_args(
         q, k, v, window_left=window_left, window_right=window_right, scale=scale
     )
+    allowed = flash_attention_mask(
+        q.shape[2], k.shape[2], causal=causal, window_left=window_left,
+        window_right=window_right, device=q.device,
+    )  # fmt: skip
+    return masked_attention_reference(q, k, v, allowed[None], scale, return_lse)
+
+
+def block_sparse_mask(
+    layout: Tensor,
+    block_size: int,
+    n_q: int,
+    n_k: int,
+    *,
+    causal: bool = False,
+    window_left: int | None = None,
+    window_right: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Bool mask ``[H, Nq, Nk]``: the window/causal mask AND the block layout
+    ``[H, ceil(Nq / bs), ceil(Nk / bs)]`` expanded to tokens."""
+    token = flash_attention_mask(
+        n_q, n_k, causal=causal, window_left=window_left, window_right=window_right, device=device
+    )  # [Nq, Nk]
+    lay = layout.to(device=token.device, dtype=torch.bool)
+    rows = torch.arange(n_q, device=token.device) // block_size
+    cols = torch.arange(n_k, device=token.device) // block_size
+    return token[None] & lay[:, rows][:, :, cols]  # [H, Nq, Nk]
+
+
+def block_sparse_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    layout: Tensor,
+    block_size: int,
+    *,
+    causal: bool = False,
+    window_left: int | None = None,
+    window_right: int | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``flash_attention_reference`` restricted by a block layout bool ``[H or 1, Mb, Kb]``
+    (H = Hq for per-head layouts): the oracle of ``block_sparse_attention``."""
+    scale = check_attention_args(
+        q, k, v, window_left=window_left, window_right=window_right, scale=scale
+    )
+    allowed = block_sparse_mask(
+        layout, block_size, q.shape[2], k.shape[2], causal=causal, window_left=window_left,
+        window_right=window_right, device=q.device,
+    )  # fmt: skip
+    return masked_attention_reference(q, k, v, allowed, scale, return_lse)
+
+
+def masked_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float, return_lse: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(q kᵀ · scale masked by ``allowed`` bool [H or 1, Nq, Nk]) v; fp32 math (fp64 for
+    fp64 inputs); empty rows give zeros, LSE = -inf and zero gradients."""
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     group = q.shape[1] // k.shape[1]
     q_c = q.to(compute_dtype)  # [B, Hq, Nq, D]
     k_c = repeat(k.to(compute_dtype), "b h n d -> b (h g) n d", g=group)  # [B, Hq, Nk, D]
     v_c = repeat(v.to(compute_dtype), "b h n d -> b (h g) n d", g=group)  # [B, Hq, Nk, D]
-    n_q, n_k = q.shape[2], k.shape[2]
-    allowed = flash_attention_mask(
-        n_q, n_k, causal=causal, window_left=window_left, window_right=window_right, device=q.device
-    )  # [Nq, Nk]
+    n_k = k.shape[2]
 
     scores = torch.einsum("bhid,bhjd->bhij", q_c, k_c) * scale  # [B, Hq, Nq, Nk]
     scores = scores.masked_fill(~allowed, float("-inf"))

@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 import os
+
+import torch
 
 from attnlab.attention.registry import Impl, register
 
-TRITON_KINDS = ("dense", "sliding_window")
+TRITON_KINDS = ("dense", "sliding_window", "block_sparse")
 
 
 def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.lru_cache(maxsize=32)
+def spec_layout(spec, n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
+    """The spec's block layout bool [H or 1, Mb, Kb] on `device`, one tensor per (spec, sizes,
+    device): the kernels cache its CSR/CSC compression per layout tensor, so repeated calls
+    with the same spec compress once."""
+    return spec.block_layout(n_q, n_k).to(device)
+
+
 def triton_attention(q, k, v, spec, scale: float):
-    """Dense and sliding-window attention through `attnlab.kernels.flash`."""
-    from attnlab.kernels.flash import flash_attention
+    """Dense and sliding-window attention through `attnlab.kernels.flash.flash_attention`,
+    block-sparse through `block_sparse_attention` with the spec's layout."""
+    from attnlab.kernels.flash import block_sparse_attention, flash_attention
 
     left, right = spec.window_bounds()
-    return flash_attention(q, k, v, causal=spec.causal, window_left=left, window_right=right, scale=scale)
+    window = dict(causal=spec.causal, window_left=left, window_right=right, scale=scale)
+    if spec.kind == "block_sparse":
+        layout = spec_layout(spec, q.shape[2], k.shape[2], q.device)
+        return block_sparse_attention(q, k, v, layout, spec.block_size, **window)
+    return flash_attention(q, k, v, **window)
 
 
 def _why_not(spec, device, requires_grad):
@@ -36,6 +52,7 @@ register(
         name="triton",
         run=triton_attention,
         why_not=_why_not,
-        description="attnlab's Triton FlashAttention-2 style kernels (fwd + bwd)",
+        description="attnlab's Triton FlashAttention-2 style kernels (dense, sliding window, "
+        "block-sparse; fwd + bwd)",
     )
 )

@@ -1,0 +1,109 @@
+"""`python -m attnlab.viz`: draw a spec's block layout and token mask as a PNG.
+
+python -m attnlab.viz --pattern bigbird --causal --n 1024 --block-size 64 --out bigbird.png
+python -m attnlab.viz --pattern random --density 0.3 --heads 4 --seed 1
+python -m attnlab.viz --kind sliding_window --window 64 --causal --n 256
+python -m attnlab.viz --pattern longformer --window 100,100
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from attnlab.attention.spec import KINDS, PATTERNS, AttentionSpec
+from attnlab.viz.masks import plot_spec
+
+
+def _window(text: str):
+    """'256' -> 256, '5,3' -> (5, 3)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--window {text!r} must be an int W or a pair 'LEFT,RIGHT' of ints"
+        ) from None
+    if len(vals) == 1:
+        return vals[0]
+    if len(vals) == 2:
+        return tuple(vals)
+    raise argparse.ArgumentTypeError(f"--window {text!r} must be an int W or a pair 'LEFT,RIGHT'")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m attnlab.viz",
+        description="Draw an attention spec's block layout and token mask.",
+    )
+    p.add_argument("--kind", default="block_sparse", choices=KINDS)
+    p.add_argument(
+        "--pattern",
+        default=None,
+        choices=PATTERNS,
+        help="block_sparse pattern (default: bigbird when --kind block_sparse)",
+    )
+    p.add_argument(
+        "--block-size", type=int, default=None, help="tokens per layout block (default 64)"
+    )
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--window", type=_window, default=None, help="W or LEFT,RIGHT")
+    p.add_argument("--n", type=int, default=512, help="sequence length (Nq = Nk)")
+    p.add_argument("--seed", type=int, default=0, help="random patterns (bigbird, random)")
+    p.add_argument(
+        "--heads", type=int, default=None, help="per-head random layouts (bigbird, random)"
+    )
+    p.add_argument("--local-blocks", type=int, default=None)
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--global-blocks", type=int, default=None)
+    p.add_argument("--random-blocks", type=int, default=None)
+    p.add_argument("--density", type=float, default=None)
+    p.add_argument("--out", default=None, help="PNG path (default: <spec name>.png)")
+    return p
+
+
+def spec_from_args(args: argparse.Namespace) -> AttentionSpec:
+    kw = dict(kind=args.kind, causal=args.causal, window=args.window)
+    if args.kind == "block_sparse":
+        kw.update(pattern=args.pattern or "bigbird", block_size=args.block_size, seed=args.seed)
+        for name in (
+            "heads",
+            "local_blocks",
+            "stride",
+            "global_blocks",
+            "random_blocks",
+            "density",
+        ):
+            if getattr(args, name) is not None:
+                kw[name] = getattr(args, name)
+    else:
+        extra = [
+            f"--{n.replace('_', '-')}"
+            for n in ("pattern", "block_size", "heads")
+            if getattr(args, n) is not None
+        ]
+        if extra:
+            raise ValueError(
+                f"{', '.join(extra)} only apply to --kind block_sparse, not {args.kind}"
+            )
+    return AttentionSpec(**kw)
+
+
+def _file_name(spec: AttentionSpec) -> str:
+    return "".join(c if c.isalnum() or c in "-_=" else "_" for c in spec.name).strip("_") + ".png"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        spec = spec_from_args(args)
+        out = plot_spec(spec, args.n, args.out or _file_name(spec))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -51,6 +51,7 @@ gpu-check: $(STAMP)
 	$(PYTHON) -c "import torch; assert torch.cuda.is_available(), 'gpu-check needs a CUDA device'; print(torch.cuda.get_device_name(), 'torch', torch.__version__)"
 	WANDB_MODE=disabled $(PYTHON) -m pytest -m gpu -q -p no:cacheprovider
 	$(PYTHON) -m attnlab.bench bench=gpu
+	$(PYTHON) -m attnlab.bench bench=gpu_swa
 	$(PYTHON) -m attnlab.bench bench=gpu_sparse
 
 lint: $(STAMP)

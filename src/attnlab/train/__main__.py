@@ -1,11 +1,22 @@
 """`python -m attnlab.train`: the Hydra entry point of the training job.
 
     python -m attnlab.train model=small attention=swa train.steps=500
-    python -m attnlab.train resume=true hydra.run.dir=outputs/train/<run>   # continue a run
+    python -m attnlab.train hydra.run.dir=outputs/train/<run>     # rerun: skip, or continue
+    torchrun --nproc_per_node=4 -m attnlab.train train.distributed=ddp   # or fsdp (DISTRIBUTED.md)
 
 Writes into the run dir: config.json, metrics.jsonl (train/eval records), metrics.json
-(final), checkpoints/latest.pt, and a wandb run (offline by default; train.logger=none
-turns it off, train.wandb_mode=online logs online when you have a key).
+(final), checkpoints/ (latest.pt, or step_<N>.dcp/ + latest_dcp.json with FSDP), and a
+wandb run (offline by default; train.logger=none turns it off, train.wandb_mode=online logs
+online when you have a key). A failed run writes error.txt.
+
+Rerunning into the same run dir (a sweep rerun, a run restarted after a kill):
+- a complete run with the same config hash is skipped;
+- `resume=auto` (default): a run dir whose latest checkpoint was written by the same
+  config hash continues from it (the result equals an uninterrupted run: batches are a
+  function of the step, checkpoints hold every RNG state); anything else starts fresh;
+- `resume=true` continues from the checkpoint whatever its config (e.g. more train.steps);
+  `resume=false` always starts fresh.
+Config errors exit with status 2 and a message naming the key (e.g. `train.lr=-1.0 ...`).
 """
 
 from __future__ import annotations
@@ -21,22 +32,66 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from attnlab.attention import AttentionSpec
 from attnlab.configs import from_dict
-from attnlab.data import DataConfig
+from attnlab.data import DataConfig, build_data
 from attnlab.model import ModelConfig
 from attnlab.paths import CONF_DIR
+from attnlab.train import checkpoint as ckpt
 from attnlab.train.config import TrainConfig
-from attnlab.train.loop import train
+from attnlab.train.distributed import Dist, rank_from_env, setup, world_size_from_env
+from attnlab.train.loop import check_against_corpus, check_world_size, train
 
 
 def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, TrainConfig]:
     """DictConfig -> the three plain dataclasses (errors name the config key)."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    check_attention_specs(container["model"])
     return (
         from_dict(ModelConfig, container["model"], "model"),
         from_dict(DataConfig, container["data"], "data"),
         from_dict(TrainConfig, container["train"], "train"),
     )
+
+
+def check_attention_specs(model: dict) -> None:
+    """Build the spec of every attention name the layer pattern uses, so that a bad value
+    fails at load time naming its key, e.g. ``model.attention.swa.kind='spiral'``."""
+    attention, pattern = model.get("attention"), model.get("layer_pattern")
+    if not isinstance(attention, dict) or not isinstance(pattern, list):
+        return  # ModelConfig says what is wrong with the shape
+    causal = model.get("objective", "causal") == "causal"
+    for name in dict.fromkeys(pattern):
+        kwargs = attention.get(name)
+        if not isinstance(kwargs, dict):
+            continue
+        try:
+            AttentionSpec(**{"causal": causal, **kwargs})
+        except TypeError as err:  # an unknown field
+            unknown = sorted(set(kwargs) - set(AttentionSpec.__dataclass_fields__))
+            keys = ", ".join(f"model.attention.{name}.{k}" for k in unknown) or f"model.attention.{name}"
+            raise ValueError(f"{keys}: not an AttentionSpec field ({err})") from None
+        except ValueError as err:
+            field = next((f for f in AttentionSpec.__dataclass_fields__ if f"AttentionSpec.{f}" in str(err)), None)
+            key = f"model.attention.{name}.{field}" if field else f"model.attention.{name}"
+            value = f"={kwargs[field]!r}" if field in kwargs else ""
+            raise ValueError(f"{key}{value}: {err}") from None
+
+
+def load_corpus(data_cfg: DataConfig):
+    """`build_data`, with a corpus-size error turned into one that leads with `data.context`."""
+    try:
+        return build_data(data_cfg)
+    except ValueError as err:
+        if "context" in str(err) and "data.context=" not in str(err):
+            raise ValueError(f"data.context={data_cfg.context} is too long for this corpus: {err}") from None
+        raise
+
+
+def parse_resume(value) -> bool | str:
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ValueError(f"resume={value!r} must be true, false or auto")
 
 
 def config_hash(container: dict) -> str:
@@ -54,37 +109,94 @@ def already_complete(run_dir: Path, digest: str) -> bool:
     return metrics.get("status") == "complete" and metrics.get("config_hash") == digest
 
 
+def resume_from(value: bool | str, run_dir: Path, digest: str, sharded: bool) -> tuple[bool, str | None]:
+    """(resume?, why): `auto` resumes iff the latest checkpoint holds this config hash."""
+    if value != "auto":
+        return bool(value), None
+    path = ckpt.latest_in(run_dir / "checkpoints", sharded)
+    if path is None:
+        return False, None
+    try:
+        meta = ckpt.read_meta(path)
+    except Exception as err:  # unreadable: start fresh rather than fail
+        return False, f"resume=auto: {path} is unreadable ({type(err).__name__}); starting fresh"
+    if meta["config"].get("config_hash") != digest:
+        return False, (f"resume=auto: {path} was written by another config "
+                       f"({meta['config'].get('config_hash')}); starting fresh")
+    return True, f"resume=auto: continuing {run_dir} from step {meta['step']} (config {digest})"
+
+
+def _agree_on_run_dir(own: Path, dist: Dist) -> Path:
+    """Every rank uses rank 0's run dir (`${now:...}` may differ by a second across ranks)."""
+    run_dir = Path(dist.broadcast_object(str(own)))
+    if run_dir != own:
+        try:
+            own.rmdir()  # the empty folder Hydra made for this rank
+        except OSError:
+            pass
+    return run_dir
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> None:
     try:
         model_cfg, data_cfg, train_cfg = configs_from(cfg)
+        resume = parse_resume(cfg.resume)
+        if train_cfg.distributed != "none":
+            check_world_size(data_cfg, world_size_from_env())
+        corpus = load_corpus(data_cfg)
+        model_cfg = check_against_corpus(model_cfg, data_cfg, corpus)
+        dist = setup(train_cfg.distributed, train_cfg.device)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    try:
+        _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist)
+    finally:
+        dist.close()
+
+
+def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if dist.active:
+        run_dir = _agree_on_run_dir(run_dir, dist)
     record = OmegaConf.to_container(cfg, resolve=True)
     record["config_hash"] = digest = config_hash(record)
     if already_complete(run_dir, digest):
-        print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
-        done = json.loads((run_dir / "metrics.json").read_text())
-        return done.get("val_bpb", done.get("val_loss"))
-    if hydra_cfg.mode == RunMode.MULTIRUN and train_cfg.wandb_group is None:
-        train_cfg.wandb_group = Path(hydra_cfg.sweep.dir).name  # wandb groups a sweep's runs
-    (run_dir / "error.txt").unlink(missing_ok=True)
+        if dist.is_main:
+            print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
+        return
+    resume, why = resume_from(resume, run_dir, digest, sharded=train_cfg.distributed == "fsdp")
+    if why and dist.is_main:
+        print(why, file=sys.stderr)
+    if dist.is_main:
+        (run_dir / "error.txt").unlink(missing_ok=True)
     try:
-        metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=bool(cfg.resume), config_record=record)
+        metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=resume, config_record=record,
+                        corpus=corpus, dist=dist)
     except Exception as err:
         # Recorded for `python -m attnlab.report`; in a sweep the other runs go on.
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        where = f"rank {dist.rank} of {dist.world}\n" if dist.active else ""
+        ckpt.atomic_write_text(where + traceback.format_exc(), run_dir / "error.txt")
         print(f"error: run {run_dir} failed: {type(err).__name__}: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            return float("nan")  # a failed trial for a sweeper; the sweep goes on
+            return
         sys.exit(1)
-    print(json.dumps(metrics, indent=2))
-    print(f"run dir: {run_dir}")
-    return metrics.get("val_bpb", metrics.get("val_loss"))  # the objective of hparams_search sweeps
+    if dist.is_main:
+        print(json.dumps(metrics, indent=2))
+        print(f"run dir: {run_dir}")
+
+
+def _quiet_other_ranks(argv: list[str]) -> list[str]:
+    """Under torchrun only rank 0 lets Hydra write `.hydra/` and the job log into the run dir."""
+    if rank_from_env() == 0:
+        return argv
+    given = {a.split("=", 1)[0].lstrip("+~") for a in argv[1:]}
+    quiet = {"hydra.output_subdir": "null", "hydra/job_logging": "none", "hydra/hydra_logging": "none"}
+    return argv + [f"{k}={v}" for k, v in quiet.items() if k not in given]
 
 
 if __name__ == "__main__":
+    sys.argv = _quiet_other_ranks(sys.argv)
     main()

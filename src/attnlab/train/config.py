@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("none", "jsonl", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
+DISTRIBUTED = ("none", "ddp", "fsdp")
 
 
 @dataclass
@@ -20,6 +22,8 @@ class TrainConfig:
     dropout. device: auto | cpu | cuda. compile: torch.compile the model. stop_at: end this
     process after that step as if interrupted (tests of resume; None = run to `steps`).
     logger: none | jsonl | wandb (jsonl is always written; wandb adds a wandb run).
+    distributed: none | ddp | fsdp: data parallel over the processes torchrun starts (each
+    takes its rows of the global batch; see `attnlab.train.distributed`).
     """
 
     steps: int = 1000
@@ -44,6 +48,7 @@ class TrainConfig:
     wandb_mode: str = "offline"
     wandb_project: str = "attnlab"
     wandb_group: str | None = None
+    distributed: str = "none"
 
     def __post_init__(self):
         ints = {"steps": 1, "warmup_steps": 0, "grad_accum": 1, "eval_every": 0, "log_every": 0, "ckpt_every": 0}
@@ -53,17 +58,19 @@ class TrainConfig:
                 raise ValueError(f"train.{name}={v!r} must be an int >= {low}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or v != v:
-                raise ValueError(f"train.{name}={v!r} must be a number >= 0")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"train.{name}={v!r} must be a finite number >= 0")
         if self.lr <= 0:
             raise ValueError(f"train.lr={self.lr!r} must be > 0")
         if self.min_lr > self.lr:
             raise ValueError(f"train.min_lr={self.min_lr!r} must be <= train.lr={self.lr!r}")
         for name in ("beta1", "beta2"):
             v = getattr(self, name)
-            if not isinstance(v, int | float) or not 0 <= v < 1:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
                 raise ValueError(f"train.{name}={v!r} must be in [0, 1)")
-        if self.eval_batches is not None and (not isinstance(self.eval_batches, int) or self.eval_batches < 1):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"train.seed={self.seed!r} must be an int")
+        if self.eval_batches is not None and (isinstance(self.eval_batches, bool) or not isinstance(self.eval_batches, int) or self.eval_batches < 1):
             raise ValueError(f"train.eval_batches={self.eval_batches!r} must be a positive int or null")
         if self.stop_at is not None and (not isinstance(self.stop_at, int) or not 1 <= self.stop_at <= self.steps):
             raise ValueError(f"train.stop_at={self.stop_at!r} must be null or an int in [1, steps={self.steps}]")
@@ -71,5 +78,10 @@ class TrainConfig:
             raise ValueError(f"train.device={self.device!r} must be one of {', '.join(DEVICES)} (or cuda:N)")
         if self.logger not in LOGGERS:
             raise ValueError(f"train.logger={self.logger!r} must be one of {', '.join(LOGGERS)}")
+        for name in ("compile", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train.{name}={getattr(self, name)!r} must be true or false")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"train.distributed={self.distributed!r} must be one of {', '.join(DISTRIBUTED)}")
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"train.wandb_mode={self.wandb_mode!r} must be one of {', '.join(WANDB_MODES)}")

@@ -56,6 +56,17 @@ def _wandb_id(run_dir: Path, resume: bool) -> str:
     return run_id
 
 
-def read_jsonl(path) -> list[dict]:
+def read_jsonl(path, skip_torn: bool = False) -> list[dict]:
+    """The records of a JSONL file. ``skip_torn``: drop lines that do not parse (a process
+    killed mid-write leaves a torn last line)."""
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if not skip_torn:
+                    raise
+    return records

@@ -1,5 +1,8 @@
 """An independent oracle for tests: the contract's masking rules written out directly
-(not through `AttentionSpec.dense_mask`) and an fp64 masked softmax."""
+(not through `AttentionSpec.dense_mask`) and an fp64 masked softmax.
+
+Documents (packed sequences): key j is allowed only if it has the document id of the
+query's aligned position p = i + n_k - n_q, ANDed with every other rule."""
 
 from __future__ import annotations
 
@@ -19,8 +22,41 @@ def token_allowed(i: int, j: int, n_q: int, n_k: int, causal: bool, window) -> b
     return p - window < j <= p if causal else abs(p - j) < window
 
 
-def oracle_mask(spec, n_q: int, n_k: int) -> torch.Tensor:
-    """bool [H or 1, Nq, Nk] built pair by pair from the rules (and the block layout)."""
+def doc_ids_from_lengths(lengths, dtype=torch.int64) -> torch.Tensor:
+    """[sum(lengths)] ids 0, 0, ..., 1, ...: document d holds lengths[d] consecutive tokens."""
+    ids = [d for d, n in enumerate(lengths) for _ in range(n)]
+    return torch.tensor(ids, dtype=dtype)
+
+
+def cycled(lengths, total: int) -> list[int]:
+    """Document lengths taken from `lengths` in turn, the last one cut, summing to `total`."""
+    out, i = [], 0
+    while sum(out) < total:
+        out.append(min(lengths[i % len(lengths)], total - sum(out)))
+        i += 1
+    return out
+
+
+def document_allowed(doc_row: list, i: int, j: int, n_q: int, n_k: int) -> bool:
+    """The document rule for one pair: query i (at p = i + n_k - n_q) and key j share an id."""
+    return doc_row[i + n_k - n_q] == doc_row[j]
+
+
+def oracle_mask(spec, n_q: int, n_k: int, doc_ids=None) -> torch.Tensor:
+    """bool [H or 1, Nq, Nk] built pair by pair from the rules (and the block layout); with
+    ``doc_ids`` ([Nk] or [B, Nk]) bool [B or 1, H or 1, Nq, Nk]."""
+    base = _oracle_mask(spec, n_q, n_k)
+    if doc_ids is None:
+        return base
+    rows = doc_ids.reshape(-1, n_k).tolist()
+    docs = torch.tensor(
+        [[[document_allowed(row, i, j, n_q, n_k) for j in range(n_k)] for i in range(n_q)] for row in rows],
+        dtype=torch.bool,
+    ).reshape(len(rows), 1, n_q, n_k)
+    return base[None] & docs
+
+
+def _oracle_mask(spec, n_q: int, n_k: int) -> torch.Tensor:
     tok = torch.tensor(
         [[token_allowed(i, j, n_q, n_k, spec.causal, spec.window) for j in range(n_k)] for i in range(n_q)],
         dtype=torch.bool,
@@ -34,7 +70,8 @@ def oracle_mask(spec, n_q: int, n_k: int) -> torch.Tensor:
 
 
 def oracle_attention(q, k, v, mask: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """fp64 softmax(QK^T scale masked) V with explicit GQA expansion; empty rows -> 0."""
+    """fp64 softmax(QK^T scale masked) V with explicit GQA expansion; empty rows -> 0.
+    mask: bool [H or 1, Nq, Nk] or [B or 1, H or 1, Nq, Nk]."""
     d = q.shape[-1]
     scale = d**-0.5 if scale is None else scale
     group = q.shape[1] // k.shape[1]
@@ -42,7 +79,7 @@ def oracle_attention(q, k, v, mask: torch.Tensor, scale: float | None = None) ->
     k64 = k64.repeat_interleave(group, 1)
     v64 = v64.repeat_interleave(group, 1)
     s = q64 @ k64.transpose(-1, -2) * scale
-    s = s.masked_fill(~mask[None], float("-inf"))
+    s = s.masked_fill(~(mask if mask.dim() == 4 else mask[None]), float("-inf"))
     m = s.amax(-1, keepdim=True).clamp_min(-1e300)  # finite even for empty rows
     w = torch.exp(s - m)
     denom = w.sum(-1, keepdim=True)

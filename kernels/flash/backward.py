@@ -12,6 +12,8 @@ bitwise deterministic run to run and re-running a kernel (autotune trials) is id
 
 Block-sparse (``SPARSE``): the dK/dV pass walks each query head's CSC column of its key block
 (which query blocks see it), the dQ pass the CSR row, with the same loop bodies (layout.py).
+Documents (``DOCS``): block ranges clipped and edge tiles masked as in the forward; the sparse
+walks skip tiles of other documents (dK/dV: query rows outside the key block's documents).
 
 With P = exp(S - LSE) recomputed from the saved LSE (S = scale * q kᵀ):
     dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dSᵀ Q.
@@ -44,13 +46,14 @@ from .common import (
     sparse_tile_start,
     window_bucket,
 )
+from .documents import DocumentBounds, no_documents_args
 from .forward import interpret_tiles
 from .layout import BlockSparseIndex, check_tiles, dense_launch_args
 
 _LOG2E = tl.constexpr(LOG2E)
 _NO_SPECIALIZE = [
     "Nq", "Nk", "window_left", "window_right", "idx_head_stride", "lay_head_stride", "lay_kb",
-    "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY",
+    "stride_docb", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY",
 ]  # fmt: skip
 
 
@@ -92,41 +95,48 @@ def _dkdv_query_blocks(
     start, end,  # dense: query rows [start, end), step BLOCK_M; sparse: steps [start, end) of Idx
     Nq, Nk, window_left, window_right, qk_scale,
     Idx, Lay_h, lay_kb,  # sparse only: query-block list, int8 layout of this head, its row length
+    DocStart_b, doc_lo, doc_hi,  # documents: starts of this batch row; sparse: rows to visit
     MASKED: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
-    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
 ):  # fmt: skip
     for it in range(start, end, 1 if SPARSE else BLOCK_M):
         if SPARSE:
             start_m = sparse_tile_start(Idx, it, BLOCK_M, INDEX_BLOCK)
         else:
             start_m = it
-        rows = start_m + offs_m  # [BLOCK_M] query indices
-        start64 = tl.cast(start_m, tl.int64)
-        q = load_tile(Q_bh + start64 * stride_qn + q_tile, rows, Nq, offs_d,
-                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_M, BLOCK_D]  # fmt: skip
-        do = load_tile(DO_bh + start64 * stride_don + do_tile, rows, Nq, offs_d,
-                       HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # fmt: skip
-        if MASKED:
-            lse = tl.load(Lse_bh + rows, mask=rows < Nq, other=0.0)  # [BLOCK_M]
-            delta = tl.load(Delta_bh + rows, mask=rows < Nq, other=0.0)
-        else:
-            lse = tl.load(Lse_bh + rows)
-            delta = tl.load(Delta_bh + rows)
-        lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
-        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M] = Sᵀ / scale
-        if MASKED:
-            ok = pair_mask(rows[None, :], cols[:, None], Nq, Nk, window_left, window_right,
-                           Lay_h, lay_kb, HAS_WL, HAS_WR, LAYOUT_MASK, LAYOUT_BLOCK)  # fmt: skip
-            p_t = tl.math.exp2(tl.where(ok, qk_t * qk_scale, float("-inf")) - lse[None, :])
-        else:
-            p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])  # [BLOCK_N, BLOCK_M]
-        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        visit = True  # static unless a sparse walk must skip other documents' rows
+        if SPARSE:
+            if DOCS:
+                visit = (start_m < doc_hi) & (start_m + BLOCK_M > doc_lo)
+        if visit:
+            rows = start_m + offs_m  # [BLOCK_M] query indices
+            start64 = tl.cast(start_m, tl.int64)
+            q = load_tile(Q_bh + start64 * stride_qn + q_tile, rows, Nq, offs_d,
+                          HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_M, BLOCK_D]  # fmt: skip
+            do = load_tile(DO_bh + start64 * stride_don + do_tile, rows, Nq, offs_d,
+                           HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # fmt: skip
+            if MASKED:
+                lse = tl.load(Lse_bh + rows, mask=rows < Nq, other=0.0)  # [BLOCK_M]
+                delta = tl.load(Delta_bh + rows, mask=rows < Nq, other=0.0)
+            else:
+                lse = tl.load(Lse_bh + rows)
+                delta = tl.load(Delta_bh + rows)
+            lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
+            qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M] = Sᵀ/scale
+            if MASKED:
+                ok = pair_mask(rows[None, :], cols[:, None], Nq, Nk, window_left, window_right,
+                               Lay_h, lay_kb, DocStart_b, HAS_WL, HAS_WR, LAYOUT_MASK,
+                               LAYOUT_BLOCK, DOCS)  # fmt: skip
+                p_t = tl.math.exp2(tl.where(ok, qk_t * qk_scale, float("-inf")) - lse[None, :])
+            else:
+                p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])  # [BLOCK_N, BLOCK_M]
+            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
     return dk, dv
 
 
@@ -143,11 +153,12 @@ def _bwd_dkdv_kernel(
     Hq, Hkv, Nq, Nk,
     window_left, window_right, sm_scale, qk_scale,
     idx_head_stride, lay_head_stride, lay_kb,  # sparse only (0 strides: one layout for all heads)
+    DocStart, DocEnd, stride_docb,  # documents only: int32 [B or 1, Nk] (0 stride: shared ids)
     NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
-    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     start_n = tl.program_id(0) * BLOCK_N
@@ -174,9 +185,18 @@ def _bwd_dkdv_kernel(
     q_tile = offs_m[:, None] * stride_qn + offs_d[None, :]  # [BLOCK_M, BLOCK_D]
     do_tile = offs_m[:, None] * stride_don + offs_d[None, :]
 
+    DocStart_b = DocStart + b64 * stride_docb
+    DocEnd_b = DocEnd + b64 * stride_docb
     lo, mid_lo, mid_hi, hi = q_blocks_for_kv_block(
-        start_n, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
-    )
+        start_n, Nq, Nk, window_left, window_right, DocStart_b, DocEnd_b,
+        BLOCK_M, BLOCK_N, HAS_WL, HAS_WR, DOCS,
+    )  # fmt: skip
+    doc_lo = Nq * 0  # sparse: query rows [doc_lo, doc_hi) lie in this key block's documents
+    doc_hi = Nq + 0
+    if SPARSE:
+        if DOCS:
+            doc_lo = tl.load(DocStart_b + start_n) - (Nk - Nq)
+            doc_hi = tl.load(DocEnd_b + tl.minimum(start_n + BLOCK_N, Nk) - 1) - (Nk - Nq)
     for g in range(group):  # query heads sharing this kv head: summed in registers
         h = h_kv * group + g
         h64 = h.to(tl.int64)
@@ -191,37 +211,42 @@ def _bwd_dkdv_kernel(
                 dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
                 stride_qn, stride_don, offs_m, cols, offs_d, e0 * sub, e1 * sub,
                 Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
+                DocStart_b, doc_lo, doc_hi,
                 True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
-                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
             )  # fmt: skip
-            dk, dv = _dkdv_query_blocks(
+            dk, dv = _dkdv_query_blocks(  # full blocks: masked only with documents
                 dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
                 stride_qn, stride_don, offs_m, cols, offs_d, e1 * sub, e2 * sub,
                 Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
-                False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
-                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+                DocStart_b, doc_lo, doc_hi,
+                DOCS, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
             )  # fmt: skip
         else:  # edge blocks, full blocks (no element mask), edge blocks
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
                 stride_qn, stride_don, offs_m, cols, offs_d, lo, mid_lo,
                 Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
+                DocStart_b, lo, hi,
                 True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
-                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
             )  # fmt: skip
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
                 stride_qn, stride_don, offs_m, cols, offs_d, mid_lo, mid_hi,
                 Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
+                DocStart_b, lo, hi,
                 False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
-                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
             )  # fmt: skip
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
                 stride_qn, stride_don, offs_m, cols, offs_d, mid_hi, hi,
                 Nq, Nk, window_left, window_right, qk_scale, Idx, Lay_h, lay_kb,
+                DocStart_b, lo, hi,
                 True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
-                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
             )  # fmt: skip
 
     dk = dk * sm_scale
@@ -244,33 +269,40 @@ def _dq_key_blocks(
     start, end,  # dense: keys [start, end), step BLOCK_N; sparse: steps [start, end) of Idx
     Nq, Nk, window_left, window_right, qk_scale,
     Idx, Lay_h, lay_kb,  # sparse only: key-block list, int8 layout of this head, its row length
+    DocStart_b, doc_lo, doc_hi,  # documents: starts of this batch row; sparse: keys to visit
     MASKED: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
-    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
 ):  # fmt: skip
     for it in range(start, end, 1 if SPARSE else BLOCK_N):
         if SPARSE:
             start_n = sparse_tile_start(Idx, it, BLOCK_N, INDEX_BLOCK)
         else:
             start_n = it
-        cols = start_n + offs_n  # [BLOCK_N] key indices
-        start64 = tl.cast(start_n, tl.int64)
-        k = load_tile(K_bh + start64 * stride_kn + k_tile, cols, Nk, offs_d,
-                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
-        v = load_tile(V_bh + start64 * stride_vn + v_tile, cols, Nk, offs_d,
-                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # fmt: skip
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
-        if MASKED:
-            ok = pair_mask(rows[:, None], cols[None, :], Nq, Nk, window_left, window_right,
-                           Lay_h, lay_kb, HAS_WL, HAS_WR, LAYOUT_MASK, LAYOUT_BLOCK)  # fmt: skip
-            p = tl.math.exp2(tl.where(ok, qk * qk_scale, float("-inf")) - lse[:, None])
-        else:
-            p = tl.math.exp2(qk * qk_scale - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+        visit = True  # static unless a sparse walk must skip other documents' tiles
+        if SPARSE:
+            if DOCS:
+                visit = (start_n < doc_hi) & (start_n + BLOCK_N > doc_lo)
+        if visit:
+            cols = start_n + offs_n  # [BLOCK_N] key indices
+            start64 = tl.cast(start_n, tl.int64)
+            k = load_tile(K_bh + start64 * stride_kn + k_tile, cols, Nk, offs_d,
+                          HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
+            v = load_tile(V_bh + start64 * stride_vn + v_tile, cols, Nk, offs_d,
+                          HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # fmt: skip
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
+            if MASKED:
+                ok = pair_mask(rows[:, None], cols[None, :], Nq, Nk, window_left, window_right,
+                               Lay_h, lay_kb, DocStart_b, HAS_WL, HAS_WR, LAYOUT_MASK,
+                               LAYOUT_BLOCK, DOCS)  # fmt: skip
+                p = tl.math.exp2(tl.where(ok, qk * qk_scale, float("-inf")) - lse[:, None])
+            else:
+                p = tl.math.exp2(qk * qk_scale - lse[:, None])
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
     return dq
 
 
@@ -286,11 +318,12 @@ def _bwd_dq_kernel(
     Hq, Hkv, Nq, Nk,
     window_left, window_right, sm_scale, qk_scale,
     idx_head_stride, lay_head_stride, lay_kb,  # sparse only (0 strides: one layout for all heads)
+    DocStart, DocEnd, stride_docb,  # documents only: int32 [B or 1, Nk] (0 stride: shared ids)
     NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
-    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M  # heavy blocks first
@@ -323,43 +356,57 @@ def _bwd_dq_kernel(
     v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     Lay_h = Lay + h64 * lay_head_stride
+    DocStart_b = DocStart + b64 * stride_docb
+    DocEnd_b = DocEnd + b64 * stride_docb
 
     if SPARSE:  # this query block's CSR row: masked key blocks, then full ones
+        doc_lo = Nk * 0  # keys [doc_lo, doc_hi): the documents of this block's rows
+        doc_hi = Nk + 0
+        if DOCS:
+            shift = Nk - Nq
+            doc_lo = tl.load(DocStart_b + start_m + shift)
+            doc_hi = tl.load(DocEnd_b + tl.minimum(start_m + BLOCK_M, Nq) - 1 + shift)
         e0, e1, e2 = sparse_bounds(Bounds + h * idx_head_stride, start_m // INDEX_BLOCK)
         sub = INDEX_BLOCK // BLOCK_N
         dq = _dq_key_blocks(
             dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
             rows, offs_n, offs_d, e0 * sub, e1 * sub, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, doc_lo, doc_hi,
+            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
-        dq = _dq_key_blocks(
+        dq = _dq_key_blocks(  # full blocks: masked only with documents
             dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
             rows, offs_n, offs_d, e1 * sub, e2 * sub, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
-            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, doc_lo, doc_hi,
+            DOCS, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
+            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
     else:  # edge blocks, full blocks (no element mask), edge blocks
         lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
-            start_m, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
-        )
+            start_m, Nq, Nk, window_left, window_right, DocStart_b, DocEnd_b,
+            BLOCK_M, BLOCK_N, HAS_WL, HAS_WR, DOCS,
+        )  # fmt: skip
         dq = _dq_key_blocks(
             dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
             rows, offs_n, offs_d, lo, mid_lo, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
+            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
         dq = _dq_key_blocks(
             dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
             rows, offs_n, offs_d, mid_lo, mid_hi, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
-            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
+            False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
         dq = _dq_key_blocks(
             dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
             rows, offs_n, offs_d, mid_hi, hi, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
+            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
 
     dq = dq * sm_scale
@@ -445,7 +492,7 @@ def _autotuned(kernel, configs, fits, extra_key=()):
             triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
             for bm, bn, w, s in configs
         ],
-        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", *extra_key],
+        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS", *extra_key],
         prune_configs_by={"early_config_prune": _make_prune(fits)},
     )(kernel)
 
@@ -481,12 +528,14 @@ def flash_bwd(
     autotune: bool = True,
     configs: tuple[tuple[int, int, int, int], tuple[int, int, int, int]] | None = None,
     sparse: BlockSparseIndex | None = None,
+    docs: DocumentBounds | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the three backward kernels; returns dq, dk, dv in the input dtypes.
 
     On CUDA: autotuned, or fixed configs when ``autotune=False``, or ``configs`` =
     (dkdv_config, dq_config), each (BLOCK_M, BLOCK_N, num_warps, num_stages), when given.
     ``sparse``: the compressed block-sparse layout the forward used (CSC for dK/dV, CSR for dQ).
+    ``docs``: the document bounds the forward used.
     """
     batch, hq, n_q, head_dim = q.shape
     _, hkv, n_k, _ = k.shape
@@ -514,6 +563,7 @@ def flash_bwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d,
         HAS_WL=window_left is not None, HAS_WR=window_right is not None,
         UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
+        **(docs.launch_args() if docs else no_documents_args(delta)),
     )  # fmt: skip
     # Index-list pointers go positionally (they follow the outputs in the kernel signature).
     dkdv_ptrs, dkdv_kw = _split_ptrs(

@@ -18,6 +18,13 @@ block).
 Positions: query row i sits at ``p = i + Nk - Nq`` (bottom-right alignment); key j is
 allowed iff ``p - window_left <= j <= p + window_right`` and ``0 <= j < Nk`` (a missing
 bound is unbounded, selected by the HAS_WL / HAS_WR constexprs).
+
+Documents (``DOCS`` constexpr, packed sequences; documents.py): additionally key j must lie in
+p's document. The kernels read ``DocStart_b`` / ``DocEnd_b`` (int32 ``[Nk]`` of this batch row:
+first position / one past the last position of each token's document): "same document" is
+``DocStart[p] == DocStart[j]``, a query block's keys are clipped to
+``[DocStart[p_first], DocEnd[p_last])`` and its full run to ``[DocStart[p_last], DocEnd[p_first])``
+(empty unless the block lies in one document); key blocks symmetrically. Needs Nq <= Nk.
 """
 
 from __future__ import annotations
@@ -175,15 +182,21 @@ def pair_mask(
     q_idx, k_idx, Nq, Nk, window_left, window_right,
     Lay_h,  # int8 [Mb, Kb] layout of this head (only read when LAYOUT_MASK)
     lay_kb,  # Kb: layout blocks per key row
+    DocStart_b,  # int32 [Nk] document starts of this batch row (only read when DOCS)
     HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
-    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
 ):  # fmt: skip
     """Element mask of a masked block: ``allowed_pairs`` and, when the layout is finer than the
-    index block (LAYOUT_MASK), the layout bit of each pair's (query block, key block)."""
+    index block (LAYOUT_MASK), the layout bit of each pair's (query block, key block); with
+    DOCS, query and key in one document (their document starts are equal)."""
     ok = allowed_pairs(q_idx, k_idx, Nq, Nk, window_left, window_right, HAS_WL, HAS_WR)
     if LAYOUT_MASK:
         offs = (q_idx // LAYOUT_BLOCK).to(tl.int64) * lay_kb + k_idx // LAYOUT_BLOCK
         ok = ok & (tl.load(Lay_h + offs, mask=ok, other=0) != 0)
+    if DOCS:  # loads of broadcastable shapes: one id per row, one per key
+        q_doc = tl.load(DocStart_b + (q_idx + (Nk - Nq)), mask=q_idx < Nq, other=-1)
+        k_doc = tl.load(DocStart_b + k_idx, mask=k_idx < Nk, other=-2)
+        ok = ok & (q_doc == k_doc)
     return ok
 
 
@@ -211,16 +224,20 @@ def kv_blocks_for_q_block(
     Nk,
     window_left,
     window_right,
+    DocStart_b,  # int32 [Nk] of this batch row (only read when DOCS)
+    DocEnd_b,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_WL: tl.constexpr,
     HAS_WR: tl.constexpr,
+    DOCS: tl.constexpr,
 ):
     """Key range for query rows [start_m, start_m + BLOCK_M) as ``lo <= mid_lo <= mid_hi <= hi``.
 
-    [lo, mid_lo) and [mid_hi, hi) are edge blocks (need ``allowed_pairs``); [mid_lo, mid_hi)
+    [lo, mid_lo) and [mid_hi, hi) are edge blocks (need ``pair_mask``); [mid_lo, mid_hi)
     are full blocks where every valid query row may see every key. lo, mid_lo, mid_hi are
     multiples of BLOCK_N (or equal hi). Everything clamped to >= 0 before integer division.
+    With DOCS the range is clipped to the documents of the rows (module docstring).
     """
     shift = Nk - Nq
     p_min = start_m + shift  # position of the first row
@@ -235,6 +252,11 @@ def kv_blocks_for_q_block(
     if HAS_WR:  # j <= p + wr
         hi = tl.minimum(p_max + window_right + 1, Nk)
         full_end = tl.minimum(p_min + window_right + 1, Nk)
+    if DOCS:  # keys of the rows' documents; full only inside a document holding every row
+        lo = tl.maximum(lo, tl.load(DocStart_b + p_min) // BLOCK_N * BLOCK_N)
+        hi = tl.minimum(hi, tl.load(DocEnd_b + p_max))
+        full_lo = tl.maximum(full_lo, (tl.load(DocStart_b + p_max) + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
+        full_end = tl.minimum(full_end, tl.load(DocEnd_b + p_min))
     full_hi = tl.maximum(full_end, 0) // BLOCK_N * BLOCK_N
     mid_lo = tl.minimum(tl.maximum(full_lo, lo), tl.maximum(hi, lo))
     mid_hi = tl.maximum(tl.minimum(full_hi, hi), mid_lo)
@@ -248,13 +270,17 @@ def q_blocks_for_kv_block(
     Nk,
     window_left,
     window_right,
+    DocStart_b,  # int32 [Nk] of this batch row (only read when DOCS)
+    DocEnd_b,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_WL: tl.constexpr,
     HAS_WR: tl.constexpr,
+    DOCS: tl.constexpr,
 ):
     """Query-row range that can see keys [start_n, start_n + BLOCK_N), split like
-    ``kv_blocks_for_q_block`` (multiples of BLOCK_M; full blocks have all rows < Nq)."""
+    ``kv_blocks_for_q_block`` (multiples of BLOCK_M; full blocks have all rows < Nq); with
+    DOCS clipped to the rows whose positions lie in the keys' documents."""
     shift = Nk - Nq
     k_last = tl.minimum(start_n + BLOCK_N, Nk) - 1
     lo = Nq * 0
@@ -271,6 +297,14 @@ def q_blocks_for_kv_block(
     if HAS_WL:  # key j seen from p <= j + wl
         hi = tl.minimum(k_last + window_left - shift + 1, Nq)
         full_end = tl.minimum(start_n + window_left - shift + 1, Nq)
+    if DOCS:  # rows at positions in the keys' documents; full only inside one document
+        lo = tl.maximum(lo, tl.maximum(tl.load(DocStart_b + start_n) - shift, 0) // BLOCK_M * BLOCK_M)
+        hi = tl.minimum(hi, tl.load(DocEnd_b + k_last) - shift)
+        full_lo = tl.maximum(
+            full_lo,
+            (tl.maximum(tl.load(DocStart_b + k_last) - shift, 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M,
+        )
+        full_end = tl.minimum(full_end, tl.load(DocEnd_b + start_n) - shift)
     full_hi = tl.maximum(full_end, 0) // BLOCK_M * BLOCK_M
     full_hi = tl.where(start_n + BLOCK_N > Nk, 0, full_hi)  # a ragged last key block is never full
     mid_lo = tl.minimum(tl.maximum(full_lo, lo), tl.maximum(hi, lo))

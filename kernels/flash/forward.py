@@ -8,6 +8,11 @@ full blocks, each index block split into BLOCK_N-key tiles. Scores go through ex
 folded into the scale; tl.dot accumulates in fp32. Writes O ``[B, Hq, Nq, D]`` (q's
 dtype) and the natural-log row LSE ``[B, Hq, Nq]`` (fp32, -inf for empty rows).
 
+Documents (``DOCS``, documents.py): the dense / window key range is clipped to the rows'
+documents (common.kv_blocks_for_q_block) and edge tiles compare document starts. The sparse
+walk skips tiles outside ``[doc_lo, doc_hi)`` (the rows' documents) with a runtime branch and,
+with documents, masks its full blocks too (a full layout block may still cross a boundary).
+
 Shapes: q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]``; query head h reads kv head
 ``h // (Hq // Hkv)`` (GQA/MQA without repeating K/V).
 """
@@ -37,12 +42,13 @@ from .common import (
     sparse_tile_start,
     window_bucket,
 )
+from .documents import DocumentBounds, no_documents_args
 from .layout import BlockSparseIndex, check_tiles, dense_launch_args
 
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): LSE back from the log2 domain
 _NO_SPECIALIZE = [
     "Nq", "Nk", "window_left", "window_right", "idx_head_stride", "lay_head_stride", "lay_kb",
-    "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY",
+    "stride_docb", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY",
 ]  # fmt: skip
 
 
@@ -60,41 +66,48 @@ def _fwd_key_blocks(
     Nq, Nk, window_left, window_right,
     qk_scale,  # softmax scale * log2(e)
     Idx, Lay_h, lay_kb,  # sparse only: key-block list, int8 layout of this head, its row length
+    DocStart_b, doc_lo, doc_hi,  # documents: starts of this batch row; sparse: keys to visit
     MASKED: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
-    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
 ):  # fmt: skip
     for it in range(start, end, 1 if SPARSE else BLOCK_N):
         if SPARSE:
             start_n = sparse_tile_start(Idx, it, BLOCK_N, INDEX_BLOCK)
         else:
             start_n = it
-        cols = start_n + offs_n  # [BLOCK_N] key indices
-        start64 = tl.cast(start_n, tl.int64)
-        k = load_tile(K_bh + start64 * stride_kn + k_tile, cols, Nk, offs_d,
-                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N] fp32
-        if MASKED:
-            ok = pair_mask(offs_m[:, None], cols[None, :], Nq, Nk, window_left, window_right,
-                           Lay_h, lay_kb, HAS_WL, HAS_WR, LAYOUT_MASK, LAYOUT_BLOCK)  # fmt: skip
-            qk = tl.where(ok, qk * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            # A row with no allowed key so far keeps m = -inf; subtract 0 instead (p = 0, no NaN).
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk - m_use[:, None])
-        else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            m_use = m_new
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # one FMA per score
-        alpha = tl.math.exp2(m_i - m_use)  # [BLOCK_M] rescale of the old partial sums
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        v = load_tile(V_bh + start64 * stride_vn + v_tile, cols, Nk, offs_d,
-                      HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-        m_i = m_new
+        visit = True  # static unless a sparse walk must skip other documents' tiles
+        if SPARSE:
+            if DOCS:
+                visit = (start_n < doc_hi) & (start_n + BLOCK_N > doc_lo)
+        if visit:
+            cols = start_n + offs_n  # [BLOCK_N] key indices
+            start64 = tl.cast(start_n, tl.int64)
+            k = load_tile(K_bh + start64 * stride_kn + k_tile, cols, Nk, offs_d,
+                          HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N] fp32
+            if MASKED:
+                ok = pair_mask(offs_m[:, None], cols[None, :], Nq, Nk, window_left, window_right,
+                               Lay_h, lay_kb, DocStart_b, HAS_WL, HAS_WR, LAYOUT_MASK,
+                               LAYOUT_BLOCK, DOCS)  # fmt: skip
+                qk = tl.where(ok, qk * qk_scale, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(qk, 1))
+                # A row with no allowed key so far keeps m = -inf; subtract 0 instead (p = 0).
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.math.exp2(qk - m_use[:, None])
+            else:
+                m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                m_use = m_new
+                p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # one FMA per score
+            alpha = tl.math.exp2(m_i - m_use)  # [BLOCK_M] rescale of the old partial sums
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            v = load_tile(V_bh + start64 * stride_vn + v_tile, cols, Nk, offs_d,
+                          HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # [BLOCK_N, BLOCK_D]  # fmt: skip
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+            m_i = m_new
     return acc, l_i, m_i
 
 
@@ -102,6 +115,7 @@ def _fwd_key_blocks(
 def _fwd_kernel(
     Q, K, V, Out, Lse,
     Bounds, Idx, Lay,  # sparse only: CSR (start, mid, end) per query block, key blocks, layout
+    DocStart, DocEnd,  # documents only: int32 [B or 1, Nk] document start / end of each token
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -109,11 +123,12 @@ def _fwd_kernel(
     Hq, Hkv, Nq, Nk,
     window_left, window_right, qk_scale,
     idx_head_stride, lay_head_stride, lay_kb,  # sparse only (0 strides: one layout for all heads)
+    stride_docb,  # documents only (0: one row of ids for every batch row)
     NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only (bucketed lengths / windows)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
-    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr,
+    LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # Heaviest query blocks (last rows under causal masks) are launched first.
@@ -140,48 +155,62 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     Lay_h = Lay + h64 * lay_head_stride
+    DocStart_b = DocStart + b64 * stride_docb
+    DocEnd_b = DocEnd + b64 * stride_docb
 
     if SPARSE:
         # Key blocks of this query block's CSR row: masked ones, then full ones (no element
-        # mask), each INDEX_BLOCK keys walked in BLOCK_N tiles.
+        # mask unless documents), each INDEX_BLOCK keys walked in BLOCK_N tiles.
+        doc_lo = Nk * 0  # keys [doc_lo, doc_hi): the documents of this block's rows
+        doc_hi = Nk + 0
+        if DOCS:
+            shift = Nk - Nq
+            doc_lo = tl.load(DocStart_b + start_m + shift)
+            doc_hi = tl.load(DocEnd_b + tl.minimum(start_m + BLOCK_M, Nq) - 1 + shift)
         e0, e1, e2 = sparse_bounds(Bounds + h * idx_head_stride, start_m // INDEX_BLOCK)
         sub = INDEX_BLOCK // BLOCK_N
         acc, l_i, m_i = _fwd_key_blocks(
             acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
             offs_d, e0 * sub, e1 * sub, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, doc_lo, doc_hi,
+            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
         acc, l_i, m_i = _fwd_key_blocks(
             acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
             offs_d, e1 * sub, e2 * sub, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
-            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, doc_lo, doc_hi,
+            DOCS, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
+            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
     else:
         lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
-            start_m, Nq, Nk, window_left, window_right, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
-        )
-        # Edge blocks below the full run (left window edge).
+            start_m, Nq, Nk, window_left, window_right, DocStart_b, DocEnd_b,
+            BLOCK_M, BLOCK_N, HAS_WL, HAS_WR, DOCS,
+        )  # fmt: skip
+        # Edge blocks below the full run (left window edge, document start).
         acc, l_i, m_i = _fwd_key_blocks(
             acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
             offs_d, lo, mid_lo, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
+            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
         # Full blocks: no element mask.
         acc, l_i, m_i = _fwd_key_blocks(
             acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
             offs_d, mid_lo, mid_hi, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
-            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
+            False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
+            DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
-        # Edge blocks above it (diagonal / right window edge / ragged end of the keys).
+        # Edge blocks above it (diagonal / right window edge / document end / ragged keys).
         acc, l_i, m_i = _fwd_key_blocks(
             acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
             offs_d, mid_hi, hi, Nq, Nk, window_left, window_right, qk_scale,
-            Idx, Lay_h, lay_kb, True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
-            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK,
+            Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
+            True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+            SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
         )  # fmt: skip
 
     empty = l_i == 0.0  # rows with no allowed key: O = 0, LSE = -inf
@@ -246,7 +275,7 @@ def _autotuned(configs, extra_key=()):
             triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
             for bm, bn, w, s in configs
         ],
-        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", *extra_key],
+        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS", *extra_key],
         prune_configs_by={"early_config_prune": _fwd_prune},
     )(_fwd_kernel)
 
@@ -266,13 +295,15 @@ def flash_fwd(
     autotune: bool = True,
     config: tuple[int, int, int, int] | None = None,
     sparse: BlockSparseIndex | None = None,
+    docs: DocumentBounds | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel; returns O ``[B, Hq, Nq, D]`` (q.dtype) and LSE ``[B, Hq, Nq]`` fp32.
 
     On CUDA: autotuned over ``_FWD_CONFIGS``, or the fixed config when ``autotune=False``, or
     ``config`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) when given (tests, benchmarks).
     ``sparse``: a compressed block-sparse layout (layout.py) built for these lengths and this
-    window; its query blocks replace the window's key range.
+    window; its query blocks replace the window's key range. ``docs``: document bounds
+    (documents.py) of a packed batch, Nq <= Nk.
     """
     batch, hq, n_q, head_dim = q.shape
     _, hkv, n_k, _ = k.shape
@@ -300,6 +331,7 @@ def flash_fwd(
         UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
     )  # fmt: skip
     args.update(sparse.launch_args(transposed=False) if sparse else dense_launch_args(lse))
+    args.update(docs.launch_args() if docs else no_documents_args(lse))
     grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
     g = sparse.index_block if sparse else 0
     if config is not None and sparse:

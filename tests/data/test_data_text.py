@@ -1,7 +1,7 @@
 """The `text` corpus: reading, splitting and every error path."""
 
 import pytest
-from conftest import SMALL_TEXT
+from text_samples import SMALL_TEXT
 
 from attnlab.data import DataConfig, build_data
 from attnlab.data.corpus import load_split

@@ -1,7 +1,7 @@
 """Byte and BPE tokenizers: round trips, byte counts, the BPE cache."""
 
 import pytest
-from conftest import SMALL_TEXT
+from text_samples import SMALL_TEXT
 
 from attnlab.data import BPETokenizer, ByteTokenizer, DataConfig, build_data, train_bpe
 from attnlab.data.tokenizers import bpe_cache_path

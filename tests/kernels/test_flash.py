@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from attnlab.kernels.flash import (
     common,
+    document_bounds,
     flash_attention,
     flash_attention_mask,
     flash_attention_reference,
@@ -27,6 +28,7 @@ from attnlab.kernels.flash.backward import (
 )
 from attnlab.kernels.flash.common import kv_blocks_for_q_block, q_blocks_for_kv_block
 from attnlab.kernels.flash.forward import _fwd_fits, fixed_fwd_configs
+from oracle import cycled, doc_ids_from_lengths
 
 pytestmark = [
     pytest.mark.skipif(
@@ -348,20 +350,23 @@ def _ranges_kernel(
     Nk,
     wl,
     wr,
+    DocStart,
+    DocEnd,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_WL: tl.constexpr,
     HAS_WR: tl.constexpr,
     BY_QUERY: tl.constexpr,
+    DOCS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if BY_QUERY:
         lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
-            pid * BLOCK_M, Nq, Nk, wl, wr, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
+            pid * BLOCK_M, Nq, Nk, wl, wr, DocStart, DocEnd, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR, DOCS
         )
     else:
         lo, mid_lo, mid_hi, hi = q_blocks_for_kv_block(
-            pid * BLOCK_N, Nq, Nk, wl, wr, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR
+            pid * BLOCK_N, Nq, Nk, wl, wr, DocStart, DocEnd, BLOCK_M, BLOCK_N, HAS_WL, HAS_WR, DOCS
         )
     tl.store(Out + pid * 4 + 0, lo)
     tl.store(Out + pid * 4 + 1, mid_lo)
@@ -369,27 +374,44 @@ def _ranges_kernel(
     tl.store(Out + pid * 4 + 3, hi)
 
 
+RANGE_SHAPES = [
+    (100, 100, None, 0, 16, 32),
+    (100, 130, 37, 0, 32, 16),
+    (130, 70, None, 12, 16, 16),
+    (97, 113, 20, 9, 32, 16),
+    (64, 64, 0, 0, 16, 16),
+    (50, 90, 5, None, 16, 32),
+    (90, 50, None, None, 32, 16),
+]
+DOC_LENS = {"nodocs": None, "docs_a": (1, 5, 30, 64), "docs_b": (16, 16, 3)}
+
+
 @pytest.mark.parametrize(
-    "n_q,n_k,wl,wr,bm,bn",
+    "n_q,n_k,wl,wr,bm,bn,doc_lens",
     [
-        (100, 100, None, 0, 16, 32),
-        (100, 130, 37, 0, 32, 16),
-        (130, 70, None, 12, 16, 16),
-        (97, 113, 20, 9, 32, 16),
-        (64, 64, 0, 0, 16, 16),
-        (50, 90, 5, None, 16, 32),
-        (90, 50, None, None, 32, 16),
+        pytest.param(*shape, lens, id=f"{'-'.join(map(str, shape))}-{name}")
+        for shape in RANGE_SHAPES
+        for name, lens in DOC_LENS.items()
+        if lens is None or shape[0] <= shape[1]  # documents need Nq <= Nk
     ],
 )
-def test_block_ranges_cover_exactly_the_mask(n_q, n_k, wl, wr, bm, bn):
-    """Visited blocks hold every allowed pair; blocks outside hold none; 'full' blocks are all allowed."""
+def test_block_ranges_cover_exactly_the_mask(n_q, n_k, wl, wr, bm, bn, doc_lens):
+    """Visited blocks hold every allowed pair; blocks outside hold none; 'full' blocks are all
+    allowed. With documents (lengths cycled to fill Nk) the ranges are clipped to them."""
     allowed = oracle_mask(n_q, n_k, False, wl, wr)
-    flags = dict(HAS_WL=wl is not None, HAS_WR=wr is not None)
+    flags = dict(HAS_WL=wl is not None, HAS_WR=wr is not None, DOCS=doc_lens is not None)
+    starts = ends = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    if doc_lens is not None:
+        ids = doc_ids_from_lengths(cycled(doc_lens, n_k))
+        allowed &= ids[n_k - n_q :, None] == ids[None, :]
+        bounds = document_bounds(ids[None].to(DEVICE))
+        starts, ends = bounds.start, bounds.end
     for by_query in (True, False):
         n_prog = triton.cdiv(n_q if by_query else n_k, bm if by_query else bn)
         out = torch.full((n_prog, 4), -7, dtype=torch.int32, device=DEVICE)
         _ranges_kernel[(n_prog,)](
-            out, n_q, n_k, wl or 0, wr or 0, BLOCK_M=bm, BLOCK_N=bn, BY_QUERY=by_query, **flags
+            out, n_q, n_k, wl or 0, wr or 0, starts, ends, BLOCK_M=bm, BLOCK_N=bn,
+            BY_QUERY=by_query, **flags,
         )
         step, inner = (bn, n_k) if by_query else (bm, n_q)
         for pid, (lo, mid_lo, mid_hi, hi) in enumerate(out.cpu().tolist()):
@@ -403,6 +425,15 @@ def test_block_ranges_cover_exactly_the_mask(n_q, n_k, wl, wr, bm, bn):
             visited = torch.zeros(inner, dtype=torch.bool)
             visited[lo : max(hi, lo)] = True
             assert not tile[:, ~visited].any(), f"pid {pid}: allowed pairs outside [{lo}, {hi})"
+            if doc_lens is not None and by_query:  # clipped to the rows' documents
+                p_first, p_last = pid * bm + n_k - n_q, min((pid + 1) * bm, n_q) - 1 + n_k - n_q
+                first_doc = (ids == ids[p_first]).nonzero()
+                assert lo >= int(first_doc[0]) // bn * bn
+                assert hi <= int((ids == ids[p_last]).nonzero()[-1]) + 1
+            if doc_lens is not None and not by_query:
+                k_first, k_last = pid * bn, min((pid + 1) * bn, n_k) - 1
+                assert lo >= max(int((ids == ids[k_first]).nonzero()[0]) - (n_k - n_q), 0) // bm * bm
+                assert hi <= int((ids == ids[k_last]).nonzero()[-1]) + 1 - (n_k - n_q)
             if mid_hi > mid_lo:
                 assert tile[:, mid_lo:mid_hi].all(), (
                     f"pid {pid}: full run [{mid_lo}, {mid_hi}) has masked pairs"

@@ -39,8 +39,8 @@ def test_nan_gradient_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeyp
     real_forward = Transformer.forward
     calls = {"n": 0}
 
-    def poisoned(self, idx, targets=None):
-        logits, loss = real_forward(self, idx, targets)
+    def poisoned(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
         if self.training:
             calls["n"] += 1
             if calls["n"] == 6:  # step 6: finite loss, NaN gradients

@@ -89,8 +89,8 @@ def test_nan_stops_with_step_and_last_good_checkpoint(tmp_path, monkeypatch):
     real_forward = Transformer.forward
     calls = {"n": 0}
 
-    def poisoned(self, idx, targets=None):
-        logits, loss = real_forward(self, idx, targets)
+    def poisoned(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
         calls["n"] += 1
         if self.training and calls["n"] > 5:
             loss = loss * float("nan")
@@ -190,3 +190,19 @@ def test_entry_point_bad_config_names_the_key(tmp_path):
     assert out.returncode == 2 and "train.lr=-3" in out.stderr
     out = _run(["-m", "attnlab.train", "model=tiny", "+train.learning_rate=3", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert out.returncode == 2 and "train.learning_rate" in out.stderr
+
+
+def test_packed_documents_train_with_document_masking(tmp_path, monkeypatch):
+    from attnlab.attention import api
+
+    seen = []
+    real = api.attention
+
+    def spy(q, k, v, spec, impl="auto", scale=None, **kw):
+        seen.append(kw.get("doc_ids"))
+        return real(q, k, v, spec, impl, scale, **kw)
+
+    monkeypatch.setattr("attnlab.model.transformer.attention", spy)
+    metrics = train(tiny_model(), tiny_data(pack_documents=True), tiny_train(steps=3, eval_every=0), tmp_path)
+    assert metrics["status"] == "complete" and metrics["val_bpb"] > 0
+    assert seen and all(d is not None and d.shape == (4, 32) for d in seen), "every layer gets the batch's doc ids"

@@ -2,6 +2,9 @@
 
 Legend: B batch, Hq / Hkv query / key-value heads (``Hq % Hkv == 0``: GQA / MQA),
 Nq / Nk query / key lengths, D head dim.
+
+Packed sequences: ``doc_ids=`` / ``cu_seqlens=`` restrict attention to each token's own
+document (`attnlab.attention.documents`); every impl serves them.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 import torch
 
 from attnlab.attention import reference, torch_impls, triton_impl  # noqa: F401  (register impls)
+from attnlab.attention.documents import resolve_documents
 from attnlab.attention.registry import IMPLS
 from attnlab.attention.spec import AttentionSpec
 
@@ -38,8 +42,12 @@ def attention(
     spec: AttentionSpec,
     impl: str = "auto",
     scale: float | None = None,
+    *,
+    doc_ids: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,
 ) -> torch.Tensor:
-    """Attention of q over k, v restricted to the pairs `spec` allows.
+    """Attention of q over k, v restricted to the pairs `spec` allows (and, with document
+    boundaries, to each token's own document).
 
     Args:
         q: [B, Hq, Nq, D]; k, v: [B, Hkv, Nk, D] with Hq % Hkv == 0. Same dtype and device.
@@ -47,12 +55,23 @@ def attention(
         impl: ``reference``, ``sdpa``, ``flex``, ``triton`` or ``auto`` (triton on CUDA
             when it serves the spec, else the fastest correct PyTorch path).
         scale: softmax scale; default ``1 / sqrt(D)``.
+        doc_ids: packed sequences: int32 / int64 ``[Nk]`` or ``[B or 1, Nk]``, non-decreasing
+            per row, equal ids = one document, on q's device. Query row i takes the id of
+            its aligned key position ``i + Nk - Nq`` (so ``Nq <= Nk``).
+        cu_seqlens: instead of ``doc_ids``: int32 / int64 ``[num_docs + 1]`` (flash-attn
+            varlen convention, ``0 = cu[0] < ... < cu[-1] = Nk``) shared by every row, or a
+            list of B such tensors, one per row.
 
     Returns:
         [B, Hq, Nq, D] in q's dtype. A query with no allowed key gets zeros (and zero
         gradients), never NaN.
     """
     _check_inputs(q, k, v, spec, scale)
+    docs = resolve_documents(
+        doc_ids, cu_seqlens, n_q=q.shape[2], n_k=k.shape[2], batch=q.shape[0], device=q.device
+    )  # [B or 1, Nk] or None
+    if not isinstance(impl, str):
+        raise ValueError(f"impl={impl!r} must be a string: auto, {', '.join(IMPLS)}")
     requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     name = _auto(spec, q.device, requires_grad) if impl == "auto" else impl
     if name not in IMPLS:
@@ -67,7 +86,9 @@ def attention(
             f"Impls that can: {', '.join(available_impls(spec, q.device, requires_grad))}"
         )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return IMPLS[name].run(q, k, v, spec, scale)
+    if docs is None:
+        return IMPLS[name].run(q, k, v, spec, scale)
+    return IMPLS[name].run(q, k, v, spec, scale, doc_ids=docs)
 
 
 def _check_inputs(q, k, v, spec, scale):
@@ -76,6 +97,8 @@ def _check_inputs(q, k, v, spec, scale):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D [B, H, N, D], got shape {tuple(t.shape)}")
         if t.numel() == 0:

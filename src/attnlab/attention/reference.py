@@ -7,10 +7,11 @@ import torch
 from attnlab.attention.registry import Impl, register
 
 
-def reference_attention(q, k, v, spec, scale: float) -> torch.Tensor:
+def reference_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
     """softmax(Q K^T * scale masked by spec.dense_mask) V; rows with no allowed key -> 0.
 
-    q [B, Hq, Nq, D], k / v [B, Hkv, Nk, D] -> [B, Hq, Nq, D] in q's dtype.
+    q [B, Hq, Nq, D], k / v [B, Hkv, Nk, D], doc_ids [B or 1, Nk] or None -> [B, Hq, Nq, D]
+    in q's dtype.
     """
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     b, hq, n_q, _ = q.shape
@@ -18,9 +19,12 @@ def reference_attention(q, k, v, spec, scale: float) -> torch.Tensor:
     k_ = k.to(compute).repeat_interleave(group, dim=1)  # [B, Hq, Nk, D]
     v_ = v.to(compute).repeat_interleave(group, dim=1)
     scores = torch.einsum("bhqd,bhkd->bhqk", q.to(compute), k_) * scale  # [B, Hq, Nq, Nk]
-    mask = spec.dense_mask(n_q, k.shape[2], device=q.device)[None]  # [1, H or 1, Nq, Nk]
+    if doc_ids is None:
+        mask = spec.dense_mask(n_q, k.shape[2], device=q.device)[None]  # [1, H or 1, Nq, Nk]
+    else:
+        mask = spec.dense_mask(n_q, k.shape[2], device=q.device, doc_ids=doc_ids)  # [B or 1, H or 1, Nq, Nk]
     scores = scores.masked_fill(~mask, float("-inf"))
-    has_key = mask.any(dim=-1, keepdim=True)  # [1, H or 1, Nq, 1]
+    has_key = mask.any(dim=-1, keepdim=True)  # [B or 1, H or 1, Nq, 1]
     # Empty rows: softmax of all -inf is NaN; give them finite scores, then zero the output
     # (multiplying by 0 also zeroes their gradients).
     probs = torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1) * has_key

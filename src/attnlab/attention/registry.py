@@ -11,7 +11,8 @@ from attnlab.attention.spec import AttentionSpec
 
 # why_not(spec, device, requires_grad) -> None when the impl can serve it, else the reason.
 WhyNot = Callable[[AttentionSpec, torch.device, bool], str | None]
-# run(q [B,Hq,Nq,D], k [B,Hkv,Nk,D], v [B,Hkv,Nk,D], spec, scale) -> out [B,Hq,Nq,D]
+# run(q [B,Hq,Nq,D], k [B,Hkv,Nk,D], v [B,Hkv,Nk,D], spec, scale[, doc_ids=]) -> out [B,Hq,Nq,D];
+# `attention()` passes doc_ids (validated int [B or 1, Nk], documents.py) only with documents.
 Run = Callable[..., torch.Tensor]
 
 

@@ -17,6 +17,11 @@ Token-level rules (combined with AND):
 Block-level rule (``kind="block_sparse"``): the (query block, key block) pair must be True
 in the layout, given explicitly (``layout``) or generated from ``pattern``; the token
 rules above still apply inside each block.
+
+Documents (packed sequences): the boundaries are per-batch data, not part of the spec.
+`dense_mask`, `allowed_pairs`, `mask_density` and `flops` take ``doc_ids=`` or
+``cu_seqlens=`` (see `attnlab.attention.documents`): key j is then allowed only if it lies
+in the document of the query's aligned position p, ANDed with every rule above.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from attnlab.attention import patterns as _patterns
+from attnlab.attention.documents import resolve_documents, same_document
 
 KINDS = ("dense", "sliding_window", "block_sparse")
 PATTERNS = _patterns.PATTERNS
@@ -145,6 +151,8 @@ class AttentionSpec:
                 )
             if min(lay.shape) < 1:
                 raise ValueError(f"AttentionSpec.layout has an empty shape {tuple(lay.shape)}")
+            if lay.device.type == "meta":
+                raise ValueError("AttentionSpec.layout is on the meta device (no data); give a real bool tensor")
             object.__setattr__(self, "layout", lay.detach().to("cpu").contiguous())
             for name in _patterns.PARAMS:
                 if getattr(self, name) is not None:
@@ -256,42 +264,79 @@ class AttentionSpec:
             mask = mask & lay[:, rows // bs][:, :, cols]
         return mask
 
-    def dense_mask(self, n_q: int, n_k: int, device=None) -> torch.Tensor:
-        """The ground truth: bool ``[H or 1, n_q, n_k]``, True = query i attends key j."""
+    def _docs(self, n_q, n_k, doc_ids, cu_seqlens, device=None):
+        """Validated doc ids [B or 1, Nk] (on `device` when given), or None."""
         _check_lengths(n_q, n_k)
+        ids = resolve_documents(doc_ids, cu_seqlens, n_q=n_q, n_k=n_k)
+        return ids if ids is None or device is None else ids.to(device)
+
+    def dense_mask(self, n_q: int, n_k: int, device=None, *, doc_ids=None, cu_seqlens=None) -> torch.Tensor:
+        """The ground truth, True = query i attends key j.
+
+        Without documents: bool ``[H or 1, n_q, n_k]`` (H when block layouts differ per head).
+        With ``doc_ids`` / ``cu_seqlens``: bool ``[B or 1, H or 1, n_q, n_k]``, B the rows of
+        ``doc_ids`` (1 for 1-D ``doc_ids`` or one shared ``cu_seqlens``); it broadcasts
+        against scores ``[B, Hq, n_q, n_k]``. ``device``: default the doc ids' device (or CPU).
+        """
+        docs = self._docs(n_q, n_k, doc_ids, cu_seqlens, device)
+        if docs is not None and device is None:
+            device = docs.device
         rows = torch.arange(n_q, device=device)
-        return self._rows_mask(rows, n_q, n_k)
+        mask = self._rows_mask(rows, n_q, n_k)
+        if docs is None:
+            return mask
+        return mask[None] & same_document(docs, rows, n_q, n_k)[:, None]
 
-    def allowed_pairs(self, n_q: int, n_k: int) -> torch.Tensor:
-        """int64 [H or 1]: number of allowed (q, k) pairs per distinct head mask."""
-        _check_lengths(n_q, n_k)
-        total = torch.zeros(self.num_heads(), dtype=torch.int64)
+    def allowed_pairs(self, n_q: int, n_k: int, *, doc_ids=None, cu_seqlens=None) -> torch.Tensor:
+        """int64 on CPU: allowed (q, k) pairs per distinct head mask, ``[H or 1]``; with
+        documents ``[B or 1, H or 1]`` (per doc-id row, as `dense_mask`)."""
+        docs = self._docs(n_q, n_k, doc_ids, cu_seqlens)
+        device = docs.device if docs is not None else None
+        shape = (self.num_heads(),) if docs is None else (docs.shape[0], self.num_heads())
+        total = torch.zeros(shape, dtype=torch.int64, device=device)
         for start in range(0, n_q, _ROW_CHUNK):
-            rows = torch.arange(start, min(n_q, start + _ROW_CHUNK))
-            total += self._rows_mask(rows, n_q, n_k).sum(dim=(1, 2))
-        return total
+            rows = torch.arange(start, min(n_q, start + _ROW_CHUNK), device=device)
+            mask = self._rows_mask(rows, n_q, n_k)  # [H or 1, R, Nk]
+            if docs is not None:
+                mask = mask[None] & same_document(docs, rows, n_q, n_k)[:, None]  # [B or 1, H or 1, R, Nk]
+            total += mask.sum(dim=(-2, -1))
+        return total.cpu()
 
-    def mask_density(self, n_q: int, n_k: int) -> float:
-        """Fraction of the n_q x n_k pairs that are computed (averaged over heads)."""
-        return float(self.allowed_pairs(n_q, n_k).double().mean()) / (n_q * n_k)
+    def mask_density(self, n_q: int, n_k: int, *, doc_ids=None, cu_seqlens=None) -> float:
+        """Fraction of the n_q x n_k pairs that are computed (averaged over heads and doc-id rows)."""
+        pairs = self.allowed_pairs(n_q, n_k, doc_ids=doc_ids, cu_seqlens=cu_seqlens)
+        return float(pairs.double().mean()) / (n_q * n_k)
 
-    def flops(self, batch: int, heads: int, n_q: int, n_k: int, head_dim: int, mode: str = "fwd") -> int:
+    def flops(
+        self, batch: int, heads: int, n_q: int, n_k: int, head_dim: int, mode: str = "fwd",
+        *, doc_ids=None, cu_seqlens=None,
+    ) -> int:
         """Mask-exact FLOPs: ``4 * head_dim`` per allowed (q, k) pair per head for the
-        forward (QK^T and PV, 2 FLOPs per multiply-add); ``bwd`` is 2.5x, ``fwd_bwd`` 3.5x."""
+        forward (QK^T and PV, 2 FLOPs per multiply-add); ``bwd`` is 2.5x, ``fwd_bwd`` 3.5x.
+        With documents the pairs are counted per doc-id row: ``doc_ids`` with B rows needs
+        ``batch == B``; one shared row counts ``batch`` times."""
         if mode not in MODES:
             raise ValueError(f"flops(mode={mode!r}) is unknown; allowed: {', '.join(MODES)}")
         for name, val in (("batch", batch), ("heads", heads), ("head_dim", head_dim)):
             if not _is_int(val) or val < 1:
                 raise ValueError(f"flops({name}={val!r}) must be a positive int")
-        pairs = self.allowed_pairs(n_q, n_k)
-        if pairs.numel() == 1:
-            total_pairs = int(pairs) * heads
-        elif pairs.numel() == heads:
+        pairs = self.allowed_pairs(n_q, n_k, doc_ids=doc_ids, cu_seqlens=cu_seqlens)
+        if pairs.dim() == 1:
+            pairs, batch_mult = pairs[None], batch
+        elif pairs.shape[0] == 1:
+            batch_mult = batch
+        elif pairs.shape[0] == batch:
+            batch_mult = 1
+        else:
+            raise ValueError(f"flops(batch={batch}) does not match the {pairs.shape[0]} rows of doc_ids; use 1 or {batch}")
+        if pairs.shape[1] == 1:
+            total_pairs = int(pairs.sum()) * heads
+        elif pairs.shape[1] == heads:
             total_pairs = int(pairs.sum())
         else:
-            raise ValueError(f"flops(heads={heads}) does not match the spec's {pairs.numel()} per-head layouts")
+            raise ValueError(f"flops(heads={heads}) does not match the spec's {pairs.shape[1]} per-head layouts")
         num, den = MODES[mode]
-        return 4 * head_dim * total_pairs * batch * num // den  # exact: 4 * ... is even
+        return 4 * head_dim * total_pairs * batch_mult * num // den  # exact: 4 * ... is even
 
 
 def _check_lengths(n_q, n_k):

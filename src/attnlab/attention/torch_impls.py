@@ -1,4 +1,9 @@
-"""PyTorch's own kernels as impls (the baselines): `sdpa` and `flex`."""
+"""PyTorch's own kernels as impls (the baselines): `sdpa` and `flex`.
+
+Both serve document masks (packed sequences, ``doc_ids [B or 1, Nk]``): sdpa ANDs a
+per-batch bool mask into the spec's, flex builds a per-batch block mask whose mask_mod
+compares document ids (cached per doc-ids tensor, so the layers of one forward share it).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,13 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from attnlab.attention.documents import TensorCache, same_document
 from attnlab.attention.registry import Impl, register
+
+
+@functools.lru_cache(maxsize=16)
+def _spec_mask(spec, n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
+    return spec.dense_mask(n_q, n_k, device=device)  # [H or 1, Nq, Nk]
 
 
 @functools.lru_cache(maxsize=16)
@@ -16,7 +27,7 @@ def _mask_and_rows(spec, n_q: int, n_k: int, device: torch.device):
     """(mask [H or 1, Nq, Nk] with empty rows opened up, has_key [H or 1, Nq, 1]).
 
     No data-dependent Python branch here, so models using it compile with fullgraph=True."""
-    mask = spec.dense_mask(n_q, n_k, device=device)
+    mask = _spec_mask(spec, n_q, n_k, device)
     has_key = mask.any(dim=-1, keepdim=True)
     return mask | ~has_key, has_key
 
@@ -25,13 +36,21 @@ def _needs_mask(spec, n_q: int, n_k: int) -> bool:
     return not (spec.kind == "dense" and (not spec.causal or n_q == n_k))
 
 
-def sdpa_attention(q, k, v, spec, scale: float) -> torch.Tensor:
+def sdpa_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
     """`F.scaled_dot_product_attention`: `is_causal` when the spec is plain causal with
-    Nq == Nk (SDPA aligns causal top-left), else a bool mask from `spec.dense_mask`.
+    Nq == Nk (SDPA aligns causal top-left), else a bool mask from `spec.dense_mask`
+    (ANDed with a per-batch same-document mask ``[B or 1, 1, Nq, Nk]`` given ``doc_ids``).
     SDPA returns NaN for a row with no allowed key; such rows are opened up to avoid the
     NaN and then multiplied by 0, which also zeroes their gradients."""
     n_q, n_k = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
+    if doc_ids is not None:
+        rows = torch.arange(n_q, device=q.device)
+        same_doc = same_document(doc_ids, rows, n_q, n_k)[:, None]  # [B or 1, 1, Nq, Nk]
+        mask = _spec_mask(spec, n_q, n_k, q.device)[None] & same_doc  # [B or 1, H or 1, Nq, Nk]
+        has_key = mask.any(dim=-1, keepdim=True)  # [B or 1, H or 1, Nq, 1]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, scale=scale, enable_gqa=gqa)
+        return out * has_key.to(out.dtype)
     if not _needs_mask(spec, n_q, n_k):
         return F.scaled_dot_product_attention(q, k, v, is_causal=spec.causal, scale=scale, enable_gqa=gqa)
     mask, has_key = _mask_and_rows(spec, n_q, n_k, q.device)
@@ -39,7 +58,8 @@ def sdpa_attention(q, k, v, spec, scale: float) -> torch.Tensor:
     return out * has_key[None].to(out.dtype)
 
 
-def _mask_mod(spec, n_q: int, n_k: int, device):
+def _mask_mod(spec, n_q: int, n_k: int, device, doc_ids=None):
+    """FlexAttention mask_mod of the spec (ANDed with same-document when ``doc_ids`` [B or 1, Nk])."""
     left, right = spec.window_bounds()
     offset = n_k - n_q
     layout = None
@@ -47,6 +67,7 @@ def _mask_mod(spec, n_q: int, n_k: int, device):
         layout = spec.block_layout(n_q, n_k).to(device)
         bs = spec.block_size
         per_head = layout.shape[0] > 1
+    per_batch = doc_ids is not None and doc_ids.shape[0] > 1
 
     def mask_mod(b, h, q_idx, kv_idx):
         p = q_idx + offset
@@ -59,6 +80,9 @@ def _mask_mod(spec, n_q: int, n_k: int, device):
             ok = ok & (kv_idx <= p)
         if layout is not None:
             ok = ok & layout[h if per_head else 0, q_idx // bs, kv_idx // bs]
+        if doc_ids is not None:
+            row = b if per_batch else 0
+            ok = ok & (doc_ids[row, p] == doc_ids[row, kv_idx])
         return ok
 
     return mask_mod
@@ -75,6 +99,26 @@ def _block_mask(spec, n_q: int, n_k: int, device: torch.device):
     )
 
 
+_DOC_BLOCK_MASKS = TensorCache(size=8)
+
+
+def _doc_block_mask(spec, n_q: int, n_k: int, device: torch.device, doc_ids: torch.Tensor):
+    """Block mask with documents, B = doc_ids rows (None when shared), cached per doc-ids
+    tensor (`TensorCache`): the layers of one forward pass share it."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def build():
+        heads, rows = spec.num_heads(), doc_ids.shape[0]
+        return create_block_mask(
+            _mask_mod(spec, n_q, n_k, device, doc_ids), B=rows if rows > 1 else None,
+            H=heads if heads > 1 else None, Q_LEN=n_q, KV_LEN=n_k, device=device,
+        )
+
+    if torch.compiler.is_compiling():
+        return build()
+    return _DOC_BLOCK_MASKS.get(doc_ids, (spec, n_q, n_k, str(device)), build)
+
+
 @functools.cache
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
@@ -82,8 +126,10 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def flex_attention(q, k, v, spec, scale: float) -> torch.Tensor:
-    """FlexAttention with a block mask built from the spec (compiled on CUDA, eager on CPU)."""
+def flex_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
+    """FlexAttention with a block mask built from the spec (compiled on CUDA, eager on CPU);
+    with ``doc_ids`` [B or 1, Nk] a per-batch block mask that also compares document ids.
+    FlexAttention gives empty rows zeros (and zero gradients)."""
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError(
             "impl='flex' has no backward on CPU (PyTorch's FlexAttention supports CPU forward "
@@ -91,7 +137,10 @@ def flex_attention(q, k, v, spec, scale: float) -> torch.Tensor:
         )
     from torch.nn.attention.flex_attention import flex_attention as eager_flex
 
-    block_mask = _block_mask(spec, q.shape[2], k.shape[2], q.device)
+    if doc_ids is None:
+        block_mask = _block_mask(spec, q.shape[2], k.shape[2], q.device)
+    else:
+        block_mask = _doc_block_mask(spec, q.shape[2], k.shape[2], q.device, doc_ids)
     kwargs = dict(block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     if q.device.type == "cuda":
         return _compiled_flex()(q, k, v, **kwargs)

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from attnlab.attention.documents import TensorCache
 from attnlab.attention.registry import Impl, register
 
 TRITON_KINDS = ("dense", "sliding_window", "block_sparse")
@@ -24,13 +25,28 @@ def spec_layout(spec, n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
     return spec.block_layout(n_q, n_k).to(device)
 
 
-def triton_attention(q, k, v, spec, scale: float):
+_DOC_BOUNDS = TensorCache(size=8)
+
+
+def document_bounds(doc_ids: torch.Tensor):
+    """The kernels' per-token document bounds of validated ``doc_ids [B or 1, Nk]``, computed
+    once per doc-ids tensor (the layers of one forward pass share them)."""
+    from attnlab.kernels.flash import document_bounds as build
+
+    if torch.compiler.is_compiling():
+        return build(doc_ids)
+    return _DOC_BOUNDS.get(doc_ids, (), lambda: build(doc_ids))
+
+
+def triton_attention(q, k, v, spec, scale: float, doc_ids=None):
     """Dense and sliding-window attention through `attnlab.kernels.flash.flash_attention`,
-    block-sparse through `block_sparse_attention` with the spec's layout."""
+    block-sparse through `block_sparse_attention` with the spec's layout; ``doc_ids``
+    [B or 1, Nk] (documents) go to the kernels, which skip key blocks of other documents."""
     from attnlab.kernels.flash import block_sparse_attention, flash_attention
 
     left, right = spec.window_bounds()
-    window = dict(causal=spec.causal, window_left=left, window_right=right, scale=scale)
+    docs = None if doc_ids is None else document_bounds(doc_ids)
+    window = dict(causal=spec.causal, window_left=left, window_right=right, scale=scale, doc_ids=docs)
     if spec.kind == "block_sparse":
         layout = spec_layout(spec, q.shape[2], k.shape[2], q.device)
         return block_sparse_attention(q, k, v, layout, spec.block_size, **window)
@@ -53,6 +69,6 @@ register(
         run=triton_attention,
         why_not=_why_not,
         description="attnlab's Triton FlashAttention-2 style kernels (dense, sliding window, "
-        "block-sparse; fwd + bwd)",
+        "block-sparse, document masks; fwd + bwd)",
     )
 )

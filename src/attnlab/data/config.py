@@ -46,6 +46,11 @@ class DataConfig:
     val_tokens: cap on the fixed validation set: the first ``val_tokens`` tokens of val,
         as ``val_tokens // context`` non-overlapping windows (fewer if val is shorter).
     seed: the train batch of step ``s`` is a pure function of ``(seed, s)``.
+    pack_documents: train on windows of the concatenated document stream *with document
+        masking*: batches then come with per-token document ids (``Corpus.train_batch(step,
+        with_doc_ids=True)``), so no context is wasted on padding and attention never
+        crosses a document (play) boundary. The windows themselves are the same either way;
+        ``false`` (default) lets attention run across boundaries.
     cache_dir: tokenizers and token arrays go here; ``None`` = ``$ATTNLAB_CACHE`` if set,
         else ``~/.cache/attnlab``.
     """
@@ -60,6 +65,7 @@ class DataConfig:
     val_fraction: float = 0.1
     val_tokens: int = 65536
     seed: int = 0
+    pack_documents: bool = False
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -109,6 +115,8 @@ class DataConfig:
         if not 0.0 < float(self.val_fraction) < 1.0:
             raise _bad("val_fraction", self.val_fraction, "a number in (0, 1)")
         self.val_fraction = float(self.val_fraction)
+        if not isinstance(self.pack_documents, bool):
+            raise _bad("pack_documents", self.pack_documents, "true or false")
         self._check_val_plays()
         if self.cache_dir is not None and not isinstance(self.cache_dir, str | os.PathLike):
             raise _bad("cache_dir", self.cache_dir, "a folder path (str), or None")

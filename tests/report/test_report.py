@@ -83,18 +83,16 @@ def test_pareto_front():
 
 
 def test_a_real_sweep_with_a_failing_run(tmp_path, monkeypatch):
+    """A run with an invalid value (train.lr=-1) is recorded as failed; the sweep goes on."""
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "attnlab.train", "-m", "model=tiny", "attention=dense,swa",
+    cmd = [sys.executable, "-m", "attnlab.train", "-m", "model=tiny", "attention=dense,swa", "train.lr=-1,0.001",
            "train.steps=2", "train.eval_every=0", "train.progress=false", "train.logger=none",
            "data.batch_size=2", "data.val_tokens=128", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    bad = [sys.executable, "-m", "attnlab.train", "-m", "model=tiny", "data=text", f"data.path={tmp_path / 'missing'}",
-           "train.steps=2", "train.progress=false", "train.logger=none", f"hydra.sweep.dir={sweep / 'bad'}"]
-    failed = subprocess.run(bad, capture_output=True, text=True, timeout=300)
-    assert "failed" in failed.stderr or failed.returncode != 0
-    assert report_main([str(sweep)]) == 0
     runs = gather_runs(sweep)
-    statuses = sorted(r.status for r in runs)
-    assert statuses.count("complete") == 2, [(r.label, r.status, r.error) for r in runs]
+    assert sorted(r.status for r in runs) == ["complete", "complete", "failed", "failed"]
+    assert all("train.lr=-1" in r.error for r in runs if r.status == "failed")
+    assert report_main([str(sweep)]) == 0
+    assert "train.lr=-1" in (sweep / "report.md").read_text()

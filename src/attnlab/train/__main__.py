@@ -138,7 +138,8 @@ def _agree_on_run_dir(own: Path, dist: Dist) -> Path:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns the run's final val bpb (val loss for MLM): the objective of hparams_search sweeps."""
     try:
         model_cfg, data_cfg, train_cfg = configs_from(cfg)
         resume = parse_resume(cfg.resume)
@@ -149,14 +150,29 @@ def main(cfg: DictConfig) -> None:
         dist = setup(train_cfg.distributed, train_cfg.device)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return _record_failed_config(cfg, err)
         sys.exit(2)
     try:
-        _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist)
+        return _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist)
     finally:
         dist.close()
 
 
-def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist) -> None:
+def _record_failed_config(cfg: DictConfig, err: Exception) -> float:
+    """In a sweep, a run whose config is invalid is recorded as failed and the sweep goes on."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = OmegaConf.to_container(cfg, resolve=False)
+    ckpt.atomic_write_text(json.dumps(record, indent=2, default=str), run_dir / "config.json")
+    ckpt.atomic_write_text(f"invalid config\n{type(err).__name__}: {err}\n", run_dir / "error.txt")
+    return float("nan")
+
+
+def _objective(metrics: dict) -> float | None:
+    return metrics.get("val_bpb", metrics.get("val_loss"))
+
+
+def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if dist.active:
@@ -166,7 +182,9 @@ def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist) -> Non
     if already_complete(run_dir, digest):
         if dist.is_main:
             print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
-        return
+        return _objective(json.loads((run_dir / "metrics.json").read_text()))
+    if hydra_cfg.mode == RunMode.MULTIRUN and train_cfg.wandb_group is None:
+        train_cfg.wandb_group = Path(hydra_cfg.sweep.dir).name  # wandb groups a sweep's runs
     resume, why = resume_from(resume, run_dir, digest, sharded=train_cfg.distributed == "fsdp")
     if why and dist.is_main:
         print(why, file=sys.stderr)
@@ -181,11 +199,12 @@ def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist) -> Non
         ckpt.atomic_write_text(where + traceback.format_exc(), run_dir / "error.txt")
         print(f"error: run {run_dir} failed: {type(err).__name__}: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            return
+            return float("nan")  # a failed trial for a sweeper; the sweep goes on
         sys.exit(1)
     if dist.is_main:
         print(json.dumps(metrics, indent=2))
         print(f"run dir: {run_dir}")
+    return _objective(metrics)
 
 
 def _quiet_other_ranks(argv: list[str]) -> list[str]:

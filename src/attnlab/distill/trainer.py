@@ -1,0 +1,396 @@
+"""The distillation job: `distill(student_cfg, data_cfg, cfg, train_cfg, run_dir, teacher)`.
+
+    teacher (frozen, eval mode, no grad; bf16 on CUDA)  ─┐ logits (or offline top-k) [+ hidden states]
+    student (training)                                   ─┴> weight_soft * soft + weight_hard * CE (+ hidden)
+
+Order of work: load the teacher, check vocabularies (a mismatch is an error before any
+compute), tokenize the corpus with the teacher's tokenizer, build and initialize the
+student, build the offline top-k cache if asked, train, evaluate student and teacher on the
+fixed validation set, time both, and with ``baseline="scratch"`` train the same student
+from a random init on the data alone for the same steps, batches and seed (in
+``<run_dir>/scratch``). Optimizer, schedule, checkpoints, logging and evaluation are the
+training job's (`attnlab.train`). The run dir gets config.json, metrics.jsonl, metrics.json
+and checkpoints/latest.pt (``model`` + ``config``, so a student loads like any trained
+model: ``load_pretrained(run_dir)``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from attnlab.data import DataConfig
+from attnlab.distill.cache import TopKCache, cache_key, locked
+from attnlab.distill.config import BASELINES, DistillConfig
+from attnlab.distill.losses import HiddenStateLoss, TopK, distillation_loss, hard_loss
+from attnlab.distill.student import capture_hidden, init_from_teacher, layer_map, transfer_config
+from attnlab.model import ModelConfig, Transformer, flops_per_token, num_params
+from attnlab.pretrained import Pretrained, build_corpus, load_pretrained
+from attnlab.train import checkpoint as ckpt
+from attnlab.train.config import TrainConfig
+from attnlab.train.logger import RunLogger, read_jsonl
+from attnlab.train.loop import _progress, _truncate_log, evaluate, peak_memory_mib, resolve_device
+from attnlab.train.optim import make_optimizer, make_scheduler
+
+
+def check_vocab(student_vocab: int | None, teacher: Pretrained) -> None:
+    """Logit distillation needs one vocabulary: raise naming both sizes when they differ."""
+    t_vocab = teacher.config.vocab_size
+    if student_vocab is not None and student_vocab != t_vocab:
+        raise ValueError(
+            f"vocabulary mismatch: the student has model.vocab_size={student_vocab} but the teacher "
+            f"({teacher.source}, tokenizer {teacher.tokenizer.fingerprint()}) has {t_vocab}; distillation "
+            "compares the two models' distributions token by token, so they need the same vocabulary: "
+            "leave model.vocab_size null (it takes the teacher's) or pick a teacher with this vocabulary"
+        )
+
+
+def _teacher_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _write_record(run_dir: Path, record: dict | None, **sections) -> dict:
+    record = dict(record or {}, **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v
+                                   for k, v in sections.items()})
+    (run_dir / "config.json").write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+@torch.no_grad()
+def forward_tokens_per_s(model: Transformer, x: torch.Tensor, repeats: int, autocast) -> float | None:
+    """Inference throughput (eval mode, no grad): ``x.numel()`` over the median time of
+    ``repeats`` forward passes after one warm-up; None for ``repeats=0``."""
+    if repeats < 1:
+        return None
+    was_training = model.training
+    model.eval()
+    times = []
+    for r in range(repeats + 1):
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        with autocast:
+            model(x)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        if r:
+            times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return x.numel() / statistics.median(times)
+
+
+def _batch(corpus, index: int, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``(x, y, model kwargs)`` of train batch ``index``; with ``data.pack_documents`` the
+    kwargs carry ``doc_ids`` (attention kept inside each document), for student and teacher."""
+    if getattr(corpus.config, "pack_documents", False):
+        x, y, doc_ids = corpus.train_batch(index, with_doc_ids=True)
+        return x.to(device), y.to(device), {"doc_ids": doc_ids.to(device)}
+    x, y = corpus.train_batch(index)
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True), {}
+
+
+def _fit(student: Transformer, extra: nn.Module | None, corpus, model_cfg: ModelConfig, cfg: TrainConfig,
+         run_dir: Path, record: dict, device, autocast, step_losses, resume: bool) -> dict:
+    """Train ``student`` (and ``extra``'s parameters, e.g. hidden-state projections) on
+    ``step_losses(batch_index, x, y, kwargs) -> {"loss": ..., other logged terms}`` (kwargs:
+    ``doc_ids`` for packed documents); the train job's
+    optimizer, schedule, checkpoints and eval. Returns the last train record, the last eval
+    and the loop's tokens/s."""
+    params = nn.ModuleDict({"student": student, **({"extra": extra} if extra is not None else {})})
+    optimizer = make_optimizer(params, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    ckpt_path = run_dir / "checkpoints" / ckpt.LATEST
+    start = 0
+    if resume and ckpt_path.exists():
+        state = ckpt.load(ckpt_path, map_location=device)
+        student.load_state_dict(state["model"])
+        if extra is not None:
+            extra.load_state_dict(state["extra"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_states(state["rng"])
+        start = state["step"]
+        _truncate_log(run_dir / "metrics.jsonl", start)
+    elif (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+    logger = RunLogger(run_dir, cfg, record, resume=resume)
+    bar = _progress(cfg, start)
+    tokens_per_step = corpus.config.batch_size * corpus.config.context * cfg.grad_accum
+
+    def save(step: int) -> None:
+        ckpt.atomic_save({"model": student.state_dict(), "extra": extra.state_dict() if extra is not None else None,
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "rng": ckpt.rng_states(), "step": step, "config": record}, ckpt_path)
+
+    last, t_run, tokens_run = {}, time.perf_counter(), 0
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            index = step * cfg.grad_accum + micro
+            x, y, kwargs = _batch(corpus, index, device)
+            losses = step_losses(index, x, y, kwargs)
+            (losses["loss"] / cfg.grad_accum).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(params.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm))):
+            logger.close()
+            raise FloatingPointError(f"non-finite loss or gradient norm at step {step + 1}: {sums}")
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        tokens_run += tokens_per_step
+        done = step + 1
+        last = {"step": done, "train_loss": sums.pop("loss"), **{f"{k}_loss": v for k, v in sums.items()},
+                "lr": lr, "grad_norm": float(grad_norm), "step_time_s": dt, "tokens_per_s": tokens_per_step / dt}
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['train_loss']:.3f}")
+        final = done == cfg.steps
+        if (cfg.log_every and done % cfg.log_every == 0) or final:
+            logger.log(dict(last, kind="train"))
+        if (cfg.eval_every and done % cfg.eval_every == 0) or final:
+            logger.log(dict(step=done, kind="eval", **evaluate(student, corpus, model_cfg, cfg, device, autocast)))
+        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or final or done == cfg.stop_at:
+            save(done)
+        if done == cfg.stop_at and not final:
+            if bar is not None:
+                bar.close()
+            logger.close()
+            return {"stopped": done}
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - t_run
+    evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "eval"]
+    logger.close()
+    return {"last": last, "eval": evals[-1] if evals else {},
+            "tokens_per_s": tokens_run / elapsed if elapsed > 0 and tokens_run else None}
+
+
+def _teacher_eval(teacher: Pretrained, model: Transformer, corpus, cfg: TrainConfig, device, autocast, root: Path,
+                  dtype: torch.dtype) -> dict:
+    """The teacher's val metrics on the fixed validation set, cached on disk per
+    (teacher, tokenizer, corpus, val windows, eval_batches, batch size, dtype)."""
+    key = cache_key({"teacher": teacher.fingerprint, "tokens": corpus.cache_paths["tokens"],
+                     "context": corpus.config.context, "val_tokens": corpus.config.val_tokens,
+                     "batch_size": corpus.config.batch_size, "eval_batches": cfg.eval_batches, "dtype": str(dtype)})
+    path = root / "teacher_eval" / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    out = evaluate(model, corpus, teacher.config, cfg, device, autocast)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, train_cfg: TrainConfig, run_dir,
+            teacher: str | Pretrained, baseline: str = "none", resume: bool = False,
+            config_record: dict | None = None) -> dict:
+    """Distill ``teacher`` (a `Pretrained` or a `load_pretrained` source) into a student
+    (module docstring); returns the final metrics (also written to metrics.json)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = _write_record(run_dir, config_record, model=student_cfg, data=data_cfg, distill=cfg, train=train_cfg)
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline={baseline!r} must be one of {', '.join(BASELINES)}")
+    device = resolve_device(train_cfg.device)
+
+    # ---------------------------------------------------------------- teacher, vocab, data
+    pre = teacher if isinstance(teacher, Pretrained) else load_pretrained(
+        teacher, context=None, cache_dir=data_cfg.resolved_cache_dir())
+    check_vocab(student_cfg.vocab_size, pre)
+    if cfg.init == "teacher":
+        student_cfg = transfer_config(pre.config, student_cfg.attention, student_cfg.layer_pattern,
+                                      attn_impl=student_cfg.attn_impl, dropout=student_cfg.dropout)
+    if "causal" != student_cfg.objective or "causal" != pre.config.objective:
+        raise ValueError(f"distillation needs causal LMs; student objective={student_cfg.objective!r}, "
+                         f"teacher objective={pre.config.objective!r}")
+    for who, context in (("model.context (student)", student_cfg.context), ("the teacher's context", pre.config.context)):
+        if data_cfg.context > context:
+            raise ValueError(f"data.context={data_cfg.context} exceeds {who}={context}")
+    corpus = build_corpus(data_cfg, pre.tokenizer)
+    if student_cfg.vocab_size is None:
+        student_cfg = replace(student_cfg, vocab_size=corpus.tokenizer.vocab_size)
+    check_vocab(student_cfg.vocab_size, pre)
+    record = _write_record(run_dir, config_record, model=student_cfg, data=corpus.config, distill=cfg,
+                           train=train_cfg)
+    record["teacher_model"] = asdict(pre.config)
+    record["tokenizer"] = corpus.tokenizer.fingerprint()
+
+    # ---------------------------------------------------------------- student
+    t_model = pre.model
+    torch.manual_seed(train_cfg.seed)
+    student = Transformer(student_cfg)
+    copied = {}
+    if cfg.init == "layer_map":
+        copied = init_from_teacher(student, t_model, layer_map(cfg.layer_map, student_cfg.n_layers, pre.config.n_layers))
+    elif cfg.init == "teacher":
+        copied = init_from_teacher(student, t_model, list(range(student_cfg.n_layers)))
+    student.to(device)
+    hidden = None
+    if cfg.hidden_weight > 0:
+        ids = layer_map(cfg.hidden_layer_map or "top", student_cfg.n_layers, pre.config.n_layers)
+        hidden = HiddenStateLoss(list(enumerate(ids)), student_cfg.d_model, pre.config.d_model, cfg.hidden_loss).to(device)
+    t_dtype = _teacher_dtype(cfg.teacher_dtype, device)
+    t_model = t_model.to(device=device, dtype=t_dtype).eval().requires_grad_(False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_cfg.resolved_cache_dir() / "distill"
+
+    # ---------------------------------------------------------------- offline top-k cache
+    cache, cache_info = None, None
+    if cfg.offline:
+        cache = TopKCache(root, {"teacher": pre.fingerprint, "tokenizer": corpus.tokenizer.fingerprint(),
+                                 "tokens": corpus.cache_paths["tokens"], "seed": data_cfg.seed, "dtype": str(t_dtype),
+                                 "pack_documents": getattr(data_cfg, "pack_documents", False)},
+                          data_cfg.batch_size, data_cfg.context, cfg.top_k, pre.config.vocab_size)
+
+        @torch.no_grad()
+        def teacher_topk(i: int) -> TopK:
+            x, _, kwargs = _batch(corpus, i, device)
+            with autocast:
+                logits, _ = t_model(x, **kwargs)
+            return TopK.of(logits.float(), cfg.top_k)
+
+        t0 = time.perf_counter()
+        built = cache.build(train_cfg.steps * train_cfg.grad_accum, teacher_topk)
+        cache_info = {"key": cache.key, "folder": str(cache.folder), "built_batches": built,
+                      "build_s": time.perf_counter() - t0}
+
+    t_layers = sorted({t for _, t in hidden.layer_map}) if hidden is not None else []
+    s_layers = sorted({s for s, _ in hidden.layer_map}) if hidden is not None else []
+
+    def kd_losses(index: int, x: torch.Tensor, y: torch.Tensor, kwargs: dict) -> dict:
+        t_hidden = {}
+        if cache is not None:
+            t_logits = cache.get(index, device)
+        else:
+            with torch.no_grad(), capture_hidden(t_model, t_layers) as t_hidden, autocast:
+                t_logits, _ = t_model(x, **kwargs)
+            t_hidden = dict(t_hidden)
+            if cfg.top_k is not None:
+                t_logits = TopK.of(t_logits, cfg.top_k)
+        with capture_hidden(student, s_layers) as s_hidden, autocast:
+            s_logits, _ = student(x, **kwargs)
+        out = distillation_loss(s_logits, t_logits, y, kind=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
+                                weight_hard=cfg.weight_hard, weight_soft=cfg.weight_soft)
+        if hidden is not None:
+            out["hidden"] = hidden(s_hidden, t_hidden)
+            out["loss"] = out["loss"] + cfg.hidden_weight * out["hidden"]
+        return out
+
+    # ---------------------------------------------------------------- train, evaluate, time
+    init_eval = {}
+    if cfg.init != "random":  # the student before training (attention transfer: "before" numbers)
+        init_file = run_dir / "init_eval.json"
+        if resume and init_file.exists():
+            init_eval = json.loads(init_file.read_text())
+        else:
+            init_eval = evaluate(student, corpus, student_cfg, train_cfg, device, autocast)
+            init_file.write_text(json.dumps(init_eval))
+    fit = _fit(student, hidden, corpus, student_cfg, train_cfg, run_dir, record, device, autocast, kd_losses, resume)
+    if "stopped" in fit:
+        return {"status": "stopped", "step": fit["stopped"]}
+    t_eval = _teacher_eval(pre, t_model, corpus, train_cfg, device, autocast, root, t_dtype)
+    t_model.eval()  # evaluate() leaves a model in train mode
+    x0, _ = corpus.train_batch(0)
+    x0 = x0.to(device)
+    s_tps = forward_tokens_per_s(student, x0, cfg.throughput_batches, autocast)
+    t_tps = forward_tokens_per_s(t_model, x0, cfg.throughput_batches, autocast)
+    metrics = {
+        "status": "complete",
+        "config_hash": record.get("config_hash"),
+        "steps": train_cfg.steps,
+        **{k: v for k, v in fit["last"].items() if k.endswith("_loss")},
+        **{k: v for k, v in fit["eval"].items() if k.startswith("val_")},
+        **{f"teacher_{k}": v for k, v in t_eval.items()},
+        **{f"init_{k}": v for k, v in init_eval.items()},
+    }
+
+    # ---------------------------------------------------------------- scratch baseline
+    if baseline == "scratch":
+        metrics.update(_scratch(student_cfg, corpus, train_cfg, run_dir / "scratch", record, device, autocast, resume,
+                                root))
+        gap = metrics["scratch_val_bpb"] - metrics["teacher_val_bpb"]
+        metrics["gap_closed"] = (metrics["scratch_val_bpb"] - metrics["val_bpb"]) / gap if gap else None
+
+    s_params, t_params = num_params(student), num_params(t_model)
+    s_fpt = flops_per_token(student_cfg, data_cfg.context)["total"]
+    t_fpt = flops_per_token(pre.config, data_cfg.context)["total"]
+    metrics.update({
+        "params": s_params,
+        "teacher_params": t_params,
+        "params_ratio": s_params / t_params,
+        "tokens_per_s": fit["tokens_per_s"],  # the distillation loop (teacher forward included unless offline)
+        "student_forward_tokens_per_s": s_tps,
+        "teacher_forward_tokens_per_s": t_tps,
+        "tokens_per_s_ratio": s_tps / t_tps if s_tps and t_tps else None,
+        "flops_per_token": s_fpt,
+        "teacher_flops_per_token": t_fpt,
+        "flops_ratio": s_fpt / t_fpt,
+        "peak_memory_mib": peak_memory_mib(device),
+        "device": str(device),
+        "teacher": pre.source,
+        "teacher_kind": pre.kind,
+        "init": cfg.init,
+        "initialized_from_teacher": len(copied),
+        "loss": cfg.loss,
+        "layer_specs": [s.name for s in student_cfg.layer_specs()],
+        "teacher_layer_specs": [s.name for s in pre.config.layer_specs()],
+        "offline_cache": cache_info,
+    })
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _scratch(student_cfg, corpus, train_cfg, run_dir: Path, record, device, autocast, resume, root: Path) -> dict:
+    """The same student from a random init (same seed) trained on the data alone, for the
+    same steps and batches: its val metrics as ``scratch_*``. Kept under ``root/scratch``
+    by (student, data, optimization): the runs of a sweep over distillation settings train
+    each scratch baseline once (under a lock, so parallel runs wait for each other)."""
+    quiet = {"logger", "wandb_mode", "wandb_project", "wandb_group", "progress", "log_every", "ckpt_every", "stop_at"}
+    key = cache_key({"model": asdict(student_cfg), "data": asdict(corpus.config), "tokens": corpus.cache_paths["tokens"],
+                     "train": {k: v for k, v in asdict(train_cfg).items() if k not in quiet}, "device": device.type})
+    shared = root / "scratch" / f"{key}.json"
+    with locked(root / "scratch" / key):
+        if shared.exists():
+            return dict(json.loads(shared.read_text()), scratch_reused=str(shared))
+        out = _train_scratch(student_cfg, corpus, train_cfg, run_dir, record, device, autocast, resume)
+        shared.write_text(json.dumps(dict(out, scratch_run_dir=str(run_dir)), indent=2))
+        return out
+
+
+def _train_scratch(student_cfg, corpus, train_cfg, run_dir: Path, record, device, autocast, resume) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = run_dir / "scratch_metrics.json"
+    if resume and done.exists():
+        return json.loads(done.read_text())
+    torch.manual_seed(train_cfg.seed)
+    model = Transformer(student_cfg).to(device)
+    cfg = replace(train_cfg, logger="jsonl", stop_at=None)
+
+    def ce(index, x, y, kwargs):
+        with autocast:
+            logits, _ = model(x, **kwargs)
+        return {"loss": hard_loss(logits, y)}
+
+    fit = _fit(model, None, corpus, student_cfg, cfg, run_dir, dict(record, baseline="scratch"), device, autocast,
+               ce, resume)
+    out = {f"scratch_{k}": v for k, v in fit["eval"].items() if k.startswith("val_")}
+    out["scratch_train_loss"] = fit["last"].get("train_loss")
+    done.write_text(json.dumps(out, indent=2))
+    return out

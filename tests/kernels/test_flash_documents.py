@@ -21,21 +21,11 @@ from attnlab.kernels.flash import (
     flash_attention,
     flash_attention_reference,
 )
+from kernel_testing import DEVICE, KERNEL_MARKS
 from oracle import cycled, doc_ids_from_lengths
 
-pytestmark = [
-    pytest.mark.skipif(
-        not (torch.cuda.is_available() or common.interpreting()),
-        reason="needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py on CPU machines)",
-    ),
-    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
-]
-DEVICE = "cuda" if torch.cuda.is_available() and not common.interpreting() else "cpu"
+pytestmark = KERNEL_MARKS
 
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(common, "_POISON_OUTPUTS", True)
 
 
 def oracle_allowed(ids, n_q, n_k, causal, wl, wr, layout=None, bs=None):

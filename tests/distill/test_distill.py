@@ -161,7 +161,6 @@ def test_report_table(tmp_path, teacher_dir, cache_dir):
     assert "| student bpb | teacher bpb | scratch bpb | gap closed |" in table and "| 0,1 | complete |" in table
 
 
-@pytest.mark.skipif("pack_documents" not in DataConfig.__dataclass_fields__, reason="attnlab.data without packing")
 def test_packed_documents_reach_teacher_and_student(tmp_path, teacher_dir, cache_dir, monkeypatch):
     from attnlab.model import Transformer
 

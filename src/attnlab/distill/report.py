@@ -2,7 +2,8 @@
 
 Finds the run dirs under ``dir`` (config.json + metrics.json, `attnlab.report.gather`),
 groups runs that differ only by seed, and writes ``distill_report.md`` (mean ± std over
-seeds) and ``distill_report.csv`` (one row per run): student, teacher and scratch val bpb,
+seeds, the tables of `attnlab.report` with distillation columns) and ``distill_report.csv``
+(one row per run, every scalar metric): student, teacher and scratch val bpb,
 the share of the scratch-to-teacher gap that distillation closed, the val bpb before
 training (students initialized from the teacher), and the student / teacher ratios of
 parameters, forward tokens/s and training FLOPs per token.
@@ -11,14 +12,11 @@ parameters, forward tokens/s and training FLOPs per token.
 from __future__ import annotations
 
 import argparse
-import csv
-import math
-import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from attnlab.report.gather import gather_runs
+from attnlab.report.tables import group_runs, markdown_table, write_csv
 
 COLUMNS = {  # header -> (metrics.json key, format)
     "student bpb": ("val_bpb", "{:.3f}"),
@@ -32,42 +30,8 @@ COLUMNS = {  # header -> (metrics.json key, format)
 }
 
 
-def _cell(values: list[float], fmt: str) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return fmt.format(mean)
-    return f"{fmt.format(mean)} ± {fmt.format(statistics.stdev(values))}"
-
-
 def distill_table(runs) -> str:
-    by_label = defaultdict(list)
-    for run in runs:
-        by_label[run.label].append(run)
-    head = ["run", *COLUMNS, "seeds", "status"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, group in by_label.items():
-        done = [r for r in group if r.status == "complete"]
-        cells = []
-        for key, fmt in COLUMNS.values():
-            vals = [r.metrics[key] for r in done if isinstance(r.metrics.get(key), int | float)
-                    and math.isfinite(r.metrics[key])]
-            cells.append(_cell(vals, fmt))
-        status = "complete" if len(done) == len(group) else f"{len(done)}/{len(group)} complete"
-        seeds = ",".join(str(r.seed) for r in done)
-        lines.append("| " + " | ".join([label, *cells, seeds, status]) + " |")
-    failed = [f"- {r.label} ({r.path}): {r.error}" for r in runs if r.status == "failed"]
-    return "\n".join(lines + (["", "Failed runs:", *failed] if failed else []))
-
-
-def write_csv(runs, path: Path) -> None:
-    keys = [k for k, _ in COLUMNS.values()] + ["steps", "params", "teacher_params", "tokens_per_s"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["label", "status", "seed", "path", *keys])
-        for r in runs:
-            w.writerow([r.label, r.status, r.seed, str(r.path), *(r.metrics.get(k, "") for k in keys)])
+    return markdown_table(group_runs(runs, COLUMNS), COLUMNS)
 
 
 def main(argv=None) -> int:

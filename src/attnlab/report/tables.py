@@ -18,8 +18,9 @@ METRICS = {  # column -> (metrics.json key, format)
 SCALE = {"attention_flops_per_token": 1e-6}
 
 
-def group_runs(runs) -> list[dict]:
-    """One row per label: counts by status, and mean/std of each metric over complete runs."""
+def group_runs(runs, columns: dict = METRICS) -> list[dict]:
+    """One row per label: counts by status, the seeds of its complete runs, and the mean/std
+    of each column's metric over complete runs (non-numeric or non-finite values skipped)."""
     by_label = defaultdict(list)
     for run in runs:
         by_label[run.label].append(run)
@@ -29,13 +30,16 @@ def group_runs(runs) -> list[dict]:
         row = {"label": label, "runs": len(group), "complete": len(done),
                "partial": sum(r.status == "partial" for r in group),
                "failed": sum(r.status == "failed" for r in group),
+               "seeds": ",".join(str(r.seed) for r in done),
                "errors": "; ".join(r.error for r in group if r.error)}
-        for key, _ in METRICS.values():
-            vals = [r.metrics[key] * SCALE.get(key, 1) for r in done if r.metrics.get(key) is not None]
+        for key, _ in columns.values():
+            vals = [v * SCALE.get(key, 1) for r in done
+                    if isinstance(v := r.metrics.get(key), int | float) and math.isfinite(v)]
             row[key] = statistics.fmean(vals) if vals else math.nan
             row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else math.nan)
         rows.append(row)
-    return sorted(rows, key=lambda r: (math.isnan(r["val_bpb"]), r["val_bpb"]))
+    first = next(iter(columns.values()))[0]
+    return sorted(rows, key=lambda r: (math.isnan(r[first]), r[first]))
 
 
 def write_csv(runs, path) -> None:
@@ -56,13 +60,13 @@ def _cell(row, key, fmt) -> str:
     return fmt.format(mean) + (f" ± {fmt.format(std)}" if row["complete"] > 1 else "")
 
 
-def markdown_table(rows) -> str:
-    head = ["run", *METRICS, "seeds", "status"]
+def markdown_table(rows, columns: dict = METRICS) -> str:
+    head = ["run", *columns, "seeds", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         status = "complete" if row["complete"] == row["runs"] else (
             f"{row['complete']} complete, {row['partial']} partial, {row['failed']} failed")
-        cells = [row["label"], *(_cell(row, k, fmt) for k, fmt in METRICS.values()), str(row["complete"]), status]
+        cells = [row["label"], *(_cell(row, k, fmt) for k, fmt in columns.values()), row["seeds"] or "-", status]
         lines.append("| " + " | ".join(cells) + " |")
     errors = [f"- {row['label']}: {row['errors']}" for row in rows if row["errors"]]
     return "\n".join(lines + (["", "Failed runs:", *errors] if errors else []))

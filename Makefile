@@ -47,13 +47,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) -m attnlab.bench
 
-# GPU machine: the GPU tests, then the kernel benchmark table (experiments/kernel_bench).
+# GPU machine: the GPU tests, then the kernel benchmark grids (conf/bench/gpu*.yaml), in one
+# time budget (GPU_CHECK_BUDGET_S seconds; each stage is capped), written to GPU_CHECK_OUT and
+# GPU_CHECK_OUT.tar.gz. Record the results under experiments/kernel_bench/ with the date.
+GPU_CHECK_OUT ?= outputs/gpu_check/$(shell date +%Y-%m-%d_%H-%M-%S)
+GPU_CHECK_BUDGET_S ?= 1200
 gpu-check: $(STAMP)
-	$(PYTHON) -c "import torch; assert torch.cuda.is_available(), 'gpu-check needs a CUDA device'; print(torch.cuda.get_device_name(), 'torch', torch.__version__)"
-	WANDB_MODE=disabled $(PYTHON) -m pytest -m gpu -q -p no:cacheprovider
-	$(PYTHON) -m attnlab.bench bench=gpu
-	$(PYTHON) -m attnlab.bench bench=gpu_swa
-	$(PYTHON) -m attnlab.bench bench=gpu_sparse
+	PYTHON=$(PYTHON) experiments/kernel_bench/gpu_check.sh $(GPU_CHECK_OUT) $(GPU_CHECK_BUDGET_S)
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check src kernels tests

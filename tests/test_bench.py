@@ -114,12 +114,12 @@ def test_sdpa_backend_variant_runs_or_says_why():
 def test_a_failing_case_does_not_stop_the_run(monkeypatch):
     real = harness._impl_fn
 
-    def flaky(impl, spec):
+    def flaky(impl, spec, *args):
         if impl == "reference":
             def oom(q, k, v):
                 raise torch.cuda.OutOfMemoryError("tried to allocate 80 GiB")
             return oom
-        return real(impl, spec)
+        return real(impl, spec, *args)
 
     monkeypatch.setattr(harness, "_impl_fn", flaky)
     cfg = BenchConfig(impls=["reference", "sdpa"], specs=[CAUSAL], seq_lens=[32, 64], modes=["fwd"], **FAST)
@@ -186,6 +186,9 @@ def test_reports(tiny_rows, tmp_path):
         ({"specs": [{"kind": "sliding_window", "window": 0}]}, ["specs[0]", "window"]),
         ({"specs": [CAUSAL, CAUSAL]}, ["unique", "causal"]),
         ({"specs": ["dense"]}, ["specs[0]", "dict"]),
+        ({"specs": [{**CAUSAL, "documents": 0}]}, ["specs[0]", "documents=0", "from 1 to"]),
+        ({"specs": [{**CAUSAL, "documents": 600}], "seq_lens": [512]}, ["documents=600", "512"]),
+        ({"specs": [{**CAUSAL, "documents": 2.5}]}, ["documents=2.5", "an int"]),
     ],
 )
 def test_config_errors_name_key_value_and_allowed(overrides, words):
@@ -209,6 +212,43 @@ def test_config_normalises():
     assert cfg.dtypes == ("bfloat16", "float32")
     ((name, spec),) = cfg.named_specs
     assert spec == AttentionSpec(kind="sliding_window", causal=True, window=(8, 0)) and name == spec.name
+
+
+def test_equal_documents():
+    assert harness.equal_documents(10, 3).tolist() == [0, 3, 6, 10]
+    assert harness.equal_documents(16, 16).tolist() == list(range(17))
+    with pytest.raises(ValueError, match="documents=5"):
+        harness.equal_documents(4, 5)
+
+
+def test_documents_mask_the_impls_and_the_flops():
+    docs = {**CAUSAL, "name": "docs4", "documents": 4}
+    cfg = BenchConfig(impls=["reference", "sdpa", "flex"], specs=[CAUSAL, docs], seq_lens=[64], modes=["fwd"], **FAST)
+    assert cfg.documents("docs4") == 4 and cfg.documents("causal") is None
+    rows = _rows_by(run_benchmark(cfg))
+    causal, packed = rows[("sdpa", "causal", 64, "fwd")], rows[("sdpa", "docs4", 64, "fwd")]
+    assert all(r.ok for r in rows.values())
+    pairs = lambda n: n * (n + 1) // 2  # noqa: E731  causal pairs of one document
+    assert causal.flops == 4 * 32 * 2 * pairs(64) and packed.flops == 4 * 32 * 2 * 4 * pairs(16)
+    assert packed.spec_repr.endswith("+ 4 documents")
+    # what the impls are given: the cu_seqlens of 4 documents (a token sees its own document only)
+    q, k, v = (torch.randn(1, 2, 64, 32) for _ in range(3))
+    cu = harness.equal_documents(64, 4)
+    spec = AttentionSpec(kind="dense", causal=True)
+    for impl in ("sdpa", "sdpa_math", "flex"):
+        out = harness._impl_fn(impl, spec, cu)(q, k, v)
+        first_doc = harness._impl_fn("reference", spec)(q[:, :, :16], k[:, :, :16], v[:, :, :16])
+        torch.testing.assert_close(out[:, :, :16], first_doc, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(out, harness._impl_fn(impl, spec)(q, k, v), atol=1e-3)
+
+
+def test_rows_are_handed_out_as_they_come(tmp_path):
+    seen = []
+    cfg = BenchConfig(impls=["reference", "sdpa"], specs=[CAUSAL], seq_lens=[32, 64], modes=["fwd"], **FAST)
+    rows = run_benchmark(cfg, on_row=lambda so_far: seen.append([(r.impl, r.n, r.speedups.get("sdpa")) for r in so_far]))
+    assert [len(s) for s in seen] == [1, 2, 3, 4]
+    assert seen[0][0][2] is None or math.isnan(seen[0][0][2])  # sdpa not measured yet: no ratio
+    assert seen[1][0][2] == pytest.approx(rows[0].speedups["sdpa"])  # filled once the baseline ran
 
 
 # ---------------------------------------------------------------------------- Hydra
@@ -269,6 +309,32 @@ def test_entry_point_end_to_end(tmp_path):
     env = (out / "env.json").read_text()
     for key in ("device_name", "torch", "triton", "python", "git_commit", "date", "hostname"):
         assert f'"{key}"' in env
+
+
+def test_entry_point_interrupted_reports_the_cases_so_far(tmp_path):
+    # gpu-check stops a stage at its time cap with SIGINT: the rows measured so far must survive.
+    pytest.importorskip("hydra")
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "attnlab.bench", "device=cpu", "impls=[reference]", "baseline=null",
+                             "seq_lens=[16,4096,4096,4096]", "modes=[fwd]", "warmup_ms=1", "rep_ms=200", "plot=false",
+                             f"hydra.run.dir={out}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "results.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    total = 3 * 4  # specs x seq_lens
+    assert 1 <= len(rows) < total and rows[0]["n"] == "16" and rows[0]["status"] == "ok"
+    assert f"Interrupted: {len(rows)} of {total} cases ran." in (out / "results.md").read_text()
+    assert "| reference | dense_causal | 16 |" in stdout
 
 
 def test_entry_point_rejects_bad_config_before_timing(tmp_path):

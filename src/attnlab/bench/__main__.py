@@ -38,23 +38,37 @@ def main(cfg: DictConfig) -> None:
     device = bench_cfg.resolved_device()
     env = environment(device)
     print(f"attnlab.bench on {env['device_name']} ({device}); writing to {out_dir}", file=sys.stderr)
-    rows = run_benchmark(bench_cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
-
     baselines = bench_cfg.ratio_baselines
-    table = markdown(rows, baselines, env)
-    paths = [
-        write_csv(rows, out_dir / "results.csv", baselines),
-        write_env(env, out_dir / "env.json"),
-    ]
+    write_env(env, out_dir / "env.json")
+    so_far: list = []
+
+    def save(rows):  # after every case, so a run stopped part-way keeps what it measured
+        so_far[:] = rows
+        write_csv(rows, out_dir / "results.csv", baselines)
+
+    try:
+        rows = run_benchmark(bench_cfg, log=lambda line: print(line, file=sys.stderr, flush=True), on_row=save)
+    except KeyboardInterrupt:  # Ctrl-C or a time limit (SIGINT): report the cases measured so far
+        total = len(bench_cfg.all_impls) * len(bench_cfg.named_specs) * len(bench_cfg.dtypes) * \
+            len(bench_cfg.head_dims) * len(bench_cfg.seq_lens) * len(bench_cfg.modes)
+        print(f"interrupted after {len(so_far)} of {total} cases; reporting those", file=sys.stderr)
+        _report(bench_cfg, list(so_far), env, out_dir, note=f"Interrupted: {len(so_far)} of {total} cases ran.")
+        raise SystemExit(130) from None
+    _report(bench_cfg, rows, env, out_dir)
+
+
+def _report(bench_cfg: BenchConfig, rows: list, env: dict, out_dir: Path, note: str = "") -> None:
+    """Write results.csv, results.md, plot.png (env.json is written first) and print the table."""
+    baselines = bench_cfg.ratio_baselines
+    table = (note + "\n\n" if note else "") + markdown(rows, baselines, env)
+    paths = [write_csv(rows, out_dir / "results.csv", baselines), out_dir / "results.md", out_dir / "env.json"]
     (out_dir / "results.md").write_text(table)
-    paths.insert(1, out_dir / "results.md")
-    if bench_cfg.plot:
+    if bench_cfg.plot and rows:
         plot = write_plot(rows, out_dir / "plot.png")
         if plot is not None:
             paths.append(plot)
     print(table)
     print("wrote: " + ", ".join(str(p) for p in paths))
-
 
 if __name__ == "__main__":
     main()

@@ -82,7 +82,10 @@ class BenchConfig:
             or None. It is measured in the same run (added to ``impls`` if missing).
         baselines: more baselines, one ratio column each (after ``baseline``).
         specs: dicts of `AttentionSpec` kwargs, each with an optional ``name`` (default
-            ``spec.name``), e.g. ``{name: swa256, kind: sliding_window, causal: true, window: 256}``.
+            ``spec.name``), e.g. ``{name: swa256, kind: sliding_window, causal: true, window: 256}``,
+            and an optional bench-only ``documents: K``: every sequence packs K documents of
+            (nearly) equal length, passed to the impls as ``cu_seqlens`` (document masking on
+            top of the spec's mask; FLOPs count only the pairs inside a document).
         seq_lens, head_dims: N (= Nq = Nk) and D values.
         dtypes: ``float16``, ``bfloat16``, ``float32``, ``float64`` (or fp16, bf16, fp32, fp64).
         modes: ``fwd``, ``bwd`` (backward only), ``fwd_bwd``.
@@ -168,6 +171,7 @@ class BenchConfig:
 
     def _build_specs(self) -> tuple[tuple[str, AttentionSpec], ...]:
         named = []
+        self._documents: dict[str, int | None] = {}
         for i, entry in enumerate(self.specs):
             if not isinstance(entry, dict):
                 raise ValueError(
@@ -176,6 +180,12 @@ class BenchConfig:
                 )
             kwargs = dict(entry)
             name = kwargs.pop("name", None)
+            docs = kwargs.pop("documents", None)
+            if docs is not None and (not _is_int(docs) or docs < 1 or docs > min(self.seq_lens)):
+                raise ValueError(
+                    f"bench config: specs[{i}] has documents={docs!r}; allowed: an int from 1 to the "
+                    f"smallest of seq_lens ({min(self.seq_lens)}), or leave it out for no document masking"
+                )
             try:
                 spec = AttentionSpec(**kwargs)
             except (TypeError, ValueError) as err:
@@ -187,6 +197,7 @@ class BenchConfig:
                     f"allowed: 1 or {self.heads}"
                 )
             named.append((name, spec))
+            self._documents[name] = docs
         names = [n for n, _ in named]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -198,6 +209,10 @@ class BenchConfig:
     def named_specs(self) -> tuple[tuple[str, AttentionSpec], ...]:
         """((name, AttentionSpec), ...) in config order."""
         return self._named_specs
+
+    def documents(self, spec_name: str) -> int | None:
+        """The ``documents`` count of a spec (None: no document masking)."""
+        return self._documents[spec_name]
 
     @property
     def ratio_baselines(self) -> tuple[str, ...]:

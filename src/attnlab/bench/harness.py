@@ -79,17 +79,25 @@ class BenchRow:
 
 
 # ---------------------------------------------------------------------------- impls
-def _impl_fn(impl: str, spec: AttentionSpec) -> Callable:
+def equal_documents(n: int, documents: int, device=None) -> torch.Tensor:
+    """``cu_seqlens`` (int32 ``[documents + 1]``) splitting N tokens into `documents` documents
+    whose lengths differ by at most one."""
+    if not 1 <= documents <= n:
+        raise ValueError(f"documents={documents} must be between 1 and the sequence length {n}")
+    return torch.div(torch.arange(documents + 1) * n, documents, rounding_mode="floor").to(torch.int32).to(device)
+
+
+def _impl_fn(impl: str, spec: AttentionSpec, cu_seqlens: torch.Tensor | None = None) -> Callable:
     """(q, k, v) -> out for an impl name, incl. the bench-only SDPA backend variants."""
     if impl not in SDPA_VARIANTS:
-        return lambda q, k, v: attention(q, k, v, spec, impl=impl)
+        return lambda q, k, v: attention(q, k, v, spec, impl=impl, cu_seqlens=cu_seqlens)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backend = getattr(SDPBackend, SDPA_VARIANTS[impl])
 
     def run(q, k, v):
         with sdpa_kernel(backend):
-            return attention(q, k, v, spec, impl="sdpa")
+            return attention(q, k, v, spec, impl="sdpa", cu_seqlens=cu_seqlens)
 
     return run
 
@@ -246,7 +254,8 @@ def _inputs(cfg: BenchConfig, n: int, d: int, dtype: torch.dtype, device: torch.
     return q, k, v
 
 
-def _run_case(row: BenchRow, spec: AttentionSpec, cfg: BenchConfig, device: torch.device) -> None:
+def _run_case(row: BenchRow, spec: AttentionSpec, cfg: BenchConfig, device: torch.device,
+              documents: int | None = None) -> None:
     """Fill `row` with a measurement, or mark it skipped with the reason."""
     reason = _why_not_up_front(row.impl, device)
     if reason is not None:
@@ -255,7 +264,9 @@ def _run_case(row: BenchRow, spec: AttentionSpec, cfg: BenchConfig, device: torc
     caught: list = []
     try:
         q, k, v = _inputs(cfg, row.n, row.head_dim, DTYPES[row.dtype], device)
-        ms, peak = _measure(_impl_fn(row.impl, spec), q, k, v, row.mode, cfg, device, caught)
+        cu = None if documents is None else equal_documents(row.n, documents, device)
+        fn = _impl_fn(row.impl, spec) if cu is None else _impl_fn(row.impl, spec, cu)
+        ms, peak = _measure(fn, q, k, v, row.mode, cfg, device, caught)
     except Exception as err:  # a case that cannot run is reported, never fatal
         row.status, row.reason = "skipped", _reason(err, caught)
         return
@@ -300,11 +311,14 @@ def add_speedups(rows: list[BenchRow], baselines) -> None:
             row.speedups[base] = t_base / row.ms if t_base is not None else math.nan
 
 
-def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> list[BenchRow]:
+def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] | None = None,
+                  on_row: Callable[[list[BenchRow]], None] | None = None) -> list[BenchRow]:
     """Time every case of `cfg`'s grid; returns one `BenchRow` per case (ok or skipped).
 
     Cases run spec -> dtype -> D -> N -> mode -> impl, so an impl and its baselines are
-    timed back to back. `log` (e.g. ``print``) gets one line per case.
+    timed back to back. `log` (e.g. ``print``) gets one line per case; `on_row` gets the
+    rows so far (ratios filled in) after every case, e.g. to save them as they come, so a
+    run stopped part-way keeps what it measured.
     """
     if not isinstance(cfg, BenchConfig):
         raise ValueError(f"run_benchmark needs a BenchConfig, got {type(cfg).__name__}")
@@ -316,18 +330,25 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] | None = None) ->
     with _compile_settings(device, cfg.modes):
         for (spec_name, spec), dtype, d, n, mode in cases:
             key = (spec_name, n, d, mode)
+            docs = cfg.documents(spec_name)
             if key not in flops_memo:
-                flops_memo[key] = spec.flops(batch=cfg.batch, heads=cfg.heads, n_q=n, n_k=n, head_dim=d, mode=mode)
+                cu = None if docs is None else equal_documents(n, docs)
+                flops_memo[key] = spec.flops(batch=cfg.batch, heads=cfg.heads, n_q=n, n_k=n, head_dim=d, mode=mode,
+                                             cu_seqlens=cu)
             for impl in impls:
+                spec_repr = repr(spec) if docs is None else f"{spec!r} + {docs} documents"
                 row = BenchRow(
-                    impl=impl, spec=spec_name, spec_repr=repr(spec), n=n, head_dim=d, dtype=dtype, mode=mode,
+                    impl=impl, spec=spec_name, spec_repr=spec_repr, n=n, head_dim=d, dtype=dtype, mode=mode,
                     batch=cfg.batch, heads=cfg.heads, kv_heads=cfg.kv_heads, device=str(device),
                     flops=flops_memo[key],
                 )
-                _run_case(row, spec, cfg, device)
+                _run_case(row, spec, cfg, device, docs)
                 rows.append(row)
                 if log is not None:
                     log(_progress_line(len(rows), len(cases) * len(impls), row))
+                if on_row is not None:
+                    add_speedups(rows, cfg.ratio_baselines)
+                    on_row(rows)
     add_speedups(rows, cfg.ratio_baselines)
     return rows
 

@@ -3,10 +3,14 @@
     python -m attnlab.distill teacher=outputs/train/<run> model=tiny baseline=scratch
     python -m attnlab.distill teacher=<run> distill=transfer attention=swa32      # attention transfer
     python -m attnlab.distill teacher=smollm2 model=tiny data.context=256 distill=topk
+    torchrun --nproc_per_node=4 -m attnlab.distill teacher=<run> train.distributed=ddp   # or fsdp
 
 Writes into the run dir: config.json, metrics.jsonl, metrics.json (student / teacher /
-scratch val bpb, parameter and tokens/s ratios), checkpoints/latest.pt; ``scratch/`` for
-``baseline=scratch``. A rerun with the same config in the same run dir is skipped.
+scratch val bpb, parameter and tokens/s ratios), checkpoints/latest.pt (step_<N>.dcp/ +
+latest_dcp.json with FSDP); ``scratch/`` for ``baseline=scratch``. A rerun with the same
+config in the same run dir is skipped. Under torchrun every process takes its rows of each
+global batch and rank 0 alone writes files, as `python -m attnlab.train` does.
+Config errors exit with status 2 and a message naming the key.
 """
 
 from __future__ import annotations
@@ -27,8 +31,16 @@ from attnlab.distill.config import DistillConfig
 from attnlab.distill.trainer import distill
 from attnlab.model import ModelConfig
 from attnlab.paths import CONF_DIR
-from attnlab.train.__main__ import already_complete, config_hash
+from attnlab.train import checkpoint as ckpt
+from attnlab.train.__main__ import (
+    _agree_on_run_dir,
+    _quiet_other_ranks,
+    already_complete,
+    config_hash,
+)
 from attnlab.train.config import TrainConfig
+from attnlab.train.distributed import Dist, setup, world_size_from_env
+from attnlab.train.loop import check_world_size
 
 
 def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, DistillConfig, TrainConfig]:
@@ -44,29 +56,46 @@ def main(cfg: DictConfig) -> None:
         if cfg.get("teacher") in (None, "", "???") or OmegaConf.is_missing(cfg, "teacher"):
             raise ValueError("teacher is not set: teacher=<run dir of python -m attnlab.train | .pt | smollm2 | gguf:<path>>")
         model_cfg, data_cfg, distill_cfg, train_cfg = configs_from(cfg)
+        if train_cfg.distributed != "none":
+            check_world_size(data_cfg, world_size_from_env())
+        dist = setup(train_cfg.distributed, train_cfg.device)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    try:
+        _run(cfg, model_cfg, data_cfg, distill_cfg, train_cfg, dist)
+    finally:
+        dist.close()
+
+
+def _run(cfg: DictConfig, model_cfg, data_cfg, distill_cfg, train_cfg, dist: Dist) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if dist.active:
+        run_dir = _agree_on_run_dir(run_dir, dist)
     record = OmegaConf.to_container(cfg, resolve=True)
     record["config_hash"] = digest = config_hash(record)
     if already_complete(run_dir, digest):
-        print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
+        if dist.is_main:
+            print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
         return
-    (run_dir / "error.txt").unlink(missing_ok=True)
+    if dist.is_main:
+        (run_dir / "error.txt").unlink(missing_ok=True)
     try:
         metrics = distill(model_cfg, data_cfg, distill_cfg, train_cfg, run_dir, teacher=str(cfg.teacher),
-                          baseline=str(cfg.baseline), resume=bool(cfg.resume), config_record=record)
+                          baseline=str(cfg.baseline), resume=bool(cfg.resume), config_record=record, dist=dist)
     except Exception as err:
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        where = f"rank {dist.rank} of {dist.world}\n" if dist.active else ""
+        ckpt.atomic_write_text(where + traceback.format_exc(), run_dir / "error.txt")
         print(f"error: run {run_dir} failed: {type(err).__name__}: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return
         sys.exit(1)
-    print(json.dumps(metrics, indent=2))
-    print(f"run dir: {run_dir}")
+    if dist.is_main:
+        print(json.dumps(metrics, indent=2))
+        print(f"run dir: {run_dir}")
 
 
 if __name__ == "__main__":
+    sys.argv = _quiet_other_ranks(sys.argv)
     main()

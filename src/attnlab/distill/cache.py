@@ -14,7 +14,9 @@ batch size and context. Files, under ``<cache_dir>/teacher_topk/<key>/``:
 fingerprint, the corpus token cache (documents and tokenizer), the data seed, batch size,
 context and k. Builders take a file lock, so two runs of a sweep that start together
 compute each batch once; the capacity grows (copying what is there) when a run needs more
-batches than an earlier one did.
+batches than an earlier one did. A data-parallel job builds together: rank 0 holds the lock
+and grows the files, every rank computes its share of the missing batches, rank 0 marks
+them filled.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 
 from attnlab.data.cache import atomic_write_json
 from attnlab.distill.losses import TopK
+from attnlab.train.distributed import Dist
 
 FORMAT = 1
 
@@ -41,7 +44,12 @@ def cache_key(parts: dict) -> str:
 
 
 @contextmanager
-def locked(folder: Path):
+def locked(folder: Path, hold: bool = True):
+    """An exclusive file lock on ``folder`` for the block. ``hold=False``: no lock (the other
+    ranks of a data-parallel job whose rank 0 holds it for them)."""
+    if not hold:
+        yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -117,38 +125,48 @@ class TopKCache:
             filled[:m] = have[:m] == 1
         return [int(i) for i in np.flatnonzero(~filled)]
 
-    def build(self, n_batches: int, teacher_topk: Callable[[int], TopK], progress=None) -> int:
+    def build(self, n_batches: int, teacher_topk: Callable[[int], TopK], progress=None, dist: Dist | None = None) -> int:
         """Compute and store every missing batch in ``[0, n_batches)``; ``teacher_topk(i)`` gives
-        batch ``i``'s `TopK` (``[B, N, k]``). Returns how many batches were computed."""
-        with locked(self.folder):
-            todo = self.missing(n_batches)
+        batch ``i``'s `TopK` (``[B, N, k]``). Returns how many batches were computed.
+        ``dist`` (collective): every rank computes every ``world``-th missing batch."""
+        dist = dist or Dist()
+        with locked(self.folder, hold=dist.is_main):
+            todo = dist.broadcast_object(self.missing(n_batches) if dist.is_main else None)
             if not todo:
                 return 0
-            self._grow(max(n_batches, self.capacity()))
+            if dist.is_main:
+                self._grow(max(n_batches, self.capacity()))
+            dist.barrier()  # the files have their size
             values, indices, filled = self._open("r+")
-            for n, i in enumerate(todo):
+            mine = todo[dist.rank::dist.world]
+            for n, i in enumerate(mine):
                 top = teacher_topk(i)
                 if tuple(top.values.shape) != self.shape:
                     raise ValueError(f"teacher top-k of batch {i} has shape {tuple(top.values.shape)}, expected {self.shape}")
                 values[i] = top.values.detach().float().cpu().numpy().astype(np.float16)
                 indices[i] = top.indices.cpu().numpy().astype(self.index_dtype)
                 if progress is not None:
-                    progress(n + 1, len(todo))
+                    progress(n + 1, len(mine))
             values.flush()
             indices.flush()
-            filled[todo] = 1
-            filled.flush()
+            dist.barrier()  # every rank's batches are written
+            if dist.is_main:
+                filled[todo] = 1
+                filled.flush()
             del values, indices, filled
             self._arrays = None
+            dist.barrier()  # marked filled before any rank reads
             return len(todo)
 
-    def get(self, i: int, device=None) -> TopK:
-        """Batch ``i``'s top-k logits: values float32 ``[B, N, k]``, indices int64."""
+    def get(self, i: int, device=None, rows: slice | None = None) -> TopK:
+        """Batch ``i``'s top-k logits: values float32 ``[B, N, k]``, indices int64; ``rows``:
+        only those rows of the batch (a rank's share, `Dist.rows`)."""
         if self._arrays is None or len(self._arrays[2]) <= i:
             self._arrays = self._open("r")
         values, indices, filled = self._arrays
         if i >= len(filled) or not filled[i]:
             raise KeyError(f"teacher top-k cache {self.folder} has no batch {i}; build it first")
-        top = TopK(torch.from_numpy(np.asarray(values[i], dtype=np.float32)),
-                   torch.from_numpy(np.asarray(indices[i]).astype(np.int64)))
+        rows = rows if rows is not None else slice(None)
+        top = TopK(torch.from_numpy(np.asarray(values[i, rows], dtype=np.float32)),
+                   torch.from_numpy(np.asarray(indices[i, rows]).astype(np.int64)))
         return top if device is None else top.to(device)

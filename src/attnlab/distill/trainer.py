@@ -12,10 +12,23 @@ from a random init on the data alone for the same steps, batches and seed (in
 training job's (`attnlab.train`). The run dir gets config.json, metrics.jsonl, metrics.json
 and checkpoints/latest.pt (``model`` + ``config``, so a student loads like any trained
 model: ``load_pretrained(run_dir)``).
+
+Data parallel (``train.distributed=ddp|fsdp``, one process per device under torchrun), as
+the training job (`attnlab.train.distributed`): the student (and the hidden-state
+projections) are wrapped with DDP or sharded with FSDP2; the teacher is frozen and
+replicated on every rank (eval mode, no grad, not wrapped). Every rank takes its rows of
+each global batch, losses are weighted by its share of the targets, logged numbers are
+reduced over ranks and rank 0 alone writes files. Checkpoints: ``latest.pt`` by rank 0
+(ddp) or a `torch.distributed.checkpoint` folder ``step_<N>.dcp`` (fsdp; model keys are the
+student's, so `attnlab.train.checkpoint.consolidate` gives a loadable file). Rank 0 takes
+the file locks of the shared caches (scratch baseline, offline top-k) for all ranks and
+decides whether they hold the answer; the top-k cache is built by all ranks, each its share
+of the batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -36,8 +49,17 @@ from attnlab.model import ModelConfig, Transformer, flops_per_token, num_params
 from attnlab.pretrained import Pretrained, build_corpus, load_pretrained
 from attnlab.train import checkpoint as ckpt
 from attnlab.train.config import TrainConfig
+from attnlab.train.distributed import Dist, setup
 from attnlab.train.logger import RunLogger, read_jsonl
-from attnlab.train.loop import _progress, _truncate_log, evaluate, peak_memory_mib, resolve_device
+from attnlab.train.loop import (
+    _NullLogger,
+    _progress,
+    _set_rng,
+    _truncate_log,
+    check_world_size,
+    evaluate,
+    peak_memory_mib,
+)
 from attnlab.train.optim import make_optimizer, make_scheduler
 
 
@@ -59,10 +81,11 @@ def _teacher_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _write_record(run_dir: Path, record: dict | None, **sections) -> dict:
+def _write_record(run_dir: Path, record: dict | None, write: bool = True, **sections) -> dict:
     record = dict(record or {}, **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v
                                    for k, v in sections.items()})
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2, default=str))
+    if write:
+        (run_dir / "config.json").write_text(json.dumps(record, indent=2, default=str))
     return record
 
 
@@ -89,48 +112,102 @@ def forward_tokens_per_s(model: Transformer, x: torch.Tensor, repeats: int, auto
     return x.numel() / statistics.median(times)
 
 
-def _batch(corpus, index: int, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """``(x, y, model kwargs)`` of train batch ``index``; with ``data.pack_documents`` the
-    kwargs carry ``doc_ids`` (attention kept inside each document), for student and teacher."""
-    if getattr(corpus.config, "pack_documents", False):
-        x, y, doc_ids = corpus.train_batch(index, with_doc_ids=True)
-        return x.to(device), y.to(device), {"doc_ids": doc_ids.to(device)}
-    x, y = corpus.train_batch(index)
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True), {}
+def _batch(corpus, index: int, device,
+           dist: Dist | None = None) -> tuple[torch.Tensor, torch.Tensor, dict, float, float]:
+    """``(x, y, model kwargs, share, weight)``: this rank's rows of train batch ``index``
+    (`Dist.shard_batch`; one process: the whole batch, 1.0, 1.0); with
+    ``data.pack_documents`` the kwargs carry ``doc_ids`` (attention kept inside each
+    document), for student and teacher."""
+    dist = dist or Dist()
+    x, y, *docs = corpus.train_batch(index, with_doc_ids=getattr(corpus.config, "pack_documents", False))
+    kwargs = {"doc_ids": docs[0][dist.rows(x.shape[0])].to(device)} if docs else {}
+    x, y, share, weight = dist.shard_batch(x, y)
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True), kwargs, share, weight
+
+
+def _has_params(module: nn.Module | None) -> bool:
+    return module is not None and any(True for _ in module.parameters())
+
+
+def _dcp_state(student: nn.Module, extra: nn.Module | None, params: nn.Module, optimizer) -> dict:
+    """FSDP2 checkpoint state: the student's own keys under ``model`` (so `consolidate` gives
+    a file that loads like a trained model), the projections under ``hidden``, the optimizer."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    state = {"model": get_model_state_dict(student), "optimizer": get_optimizer_state_dict(params, optimizer)}
+    if _has_params(extra):
+        state["hidden"] = get_model_state_dict(extra)
+    return state
+
+
+def _dcp_apply(student: nn.Module, extra: nn.Module | None, params: nn.Module, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    set_model_state_dict(student, state["model"])
+    if "hidden" in state:
+        set_model_state_dict(extra, state["hidden"])
+    set_optimizer_state_dict(params, optimizer, state["optimizer"])
 
 
 def _fit(student: Transformer, extra: nn.Module | None, corpus, model_cfg: ModelConfig, cfg: TrainConfig,
-         run_dir: Path, record: dict, device, autocast, step_losses, resume: bool) -> dict:
+         run_dir: Path, record: dict, autocast, step_losses, resume: bool, dist: Dist) -> dict:
     """Train ``student`` (and ``extra``'s parameters, e.g. hidden-state projections) on
-    ``step_losses(batch_index, x, y, kwargs) -> {"loss": ..., other logged terms}`` (kwargs:
-    ``doc_ids`` for packed documents); the train job's
-    optimizer, schedule, checkpoints and eval. Returns the last train record, the last eval
-    and the loop's tokens/s."""
-    params = nn.ModuleDict({"student": student, **({"extra": extra} if extra is not None else {})})
-    optimizer = make_optimizer(params, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    ckpt_path = run_dir / "checkpoints" / ckpt.LATEST
-    start = 0
-    if resume and ckpt_path.exists():
-        state = ckpt.load(ckpt_path, map_location=device)
+    ``step_losses(batch_index, x, y, kwargs, student, extra) -> {"loss": ..., other logged
+    terms}`` (x, y: this rank's rows; kwargs: ``doc_ids`` for packed documents; student /
+    extra: the modules to call, DDP wrappers when distributed); the train job's optimizer,
+    schedule, checkpoints, eval and data parallelism. Returns the last train record, the
+    last eval and the loop's tokens/s (on every rank)."""
+    main, device, sharded = dist.is_main, dist.device, dist.mode == "fsdp"
+    ckpt_dir = run_dir / "checkpoints"
+    if main:
+        ckpt.remove_stale_temps(ckpt_dir)
+    found = dist.checkpoint_to_resume(ckpt_dir, resume)
+    state = ckpt.load(found, map_location=device) if (found and not sharded) else None
+    if state is not None:
         student.load_state_dict(state["model"])
         if extra is not None:
             extra.load_state_dict(state["extra"])
-        optimizer.load_state_dict(state["optimizer"])
+    train_student = dist.wrap(student)  # DDP: a wrapper; FSDP2: `student` itself, sharded in place
+    train_extra = dist.wrap(extra) if _has_params(extra) else extra
+    params = nn.ModuleDict({"student": student, **({"extra": extra} if extra is not None else {})})
+    optimizer = make_optimizer(params, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    if dist.rank > 0:
+        torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # own dropout stream per rank
+    start = 0
+    if found:
+        if sharded:
+            dcp_state = _dcp_state(student, extra, params, optimizer)
+            state = ckpt.load_sharded(dcp_state, found, dist)
+            _dcp_apply(student, extra, params, optimizer, dcp_state)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_states(state["rng"])
         start = state["step"]
-        _truncate_log(run_dir / "metrics.jsonl", start)
-    elif (run_dir / "metrics.jsonl").exists():
+        _set_rng(state, dist, cfg.seed, start)
+        if main:
+            _truncate_log(run_dir / "metrics.jsonl", start)
+    elif main and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
-    logger = RunLogger(run_dir, cfg, record, resume=resume)
-    bar = _progress(cfg, start)
-    tokens_per_step = corpus.config.batch_size * corpus.config.context * cfg.grad_accum
+    logger = RunLogger(run_dir, cfg, record, resume=resume) if main else _NullLogger()
+    bar = _progress(cfg, start) if main else None
+    tokens_per_step = corpus.config.batch_size * corpus.config.context * cfg.grad_accum  # the global batch
 
     def save(step: int) -> None:
-        ckpt.atomic_save({"model": student.state_dict(), "extra": extra.state_dict() if extra is not None else None,
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "rng": ckpt.rng_states(), "step": step, "config": record}, ckpt_path)
+        rng = dist.gather_objects(ckpt.rng_states())
+        meta = {"scheduler": scheduler.state_dict(), "rng": rng[0], "rng_per_rank": rng, "step": step,
+                "config": record, "world_size": dist.world, "distributed": dist.mode}
+        if sharded:
+            ckpt.save_sharded(_dcp_state(student, extra, params, optimizer), meta, ckpt_dir, step, dist)
+        elif main:
+            ckpt.atomic_save({"model": student.state_dict(), "extra": extra.state_dict() if extra is not None else None,
+                              "optimizer": optimizer.state_dict(), **meta}, ckpt_dir / ckpt.LATEST)
 
     last, t_run, tokens_run = {}, time.perf_counter(), 0
     for step in range(start, cfg.steps):
@@ -138,12 +215,18 @@ def _fit(student: Transformer, extra: nn.Module | None, corpus, model_cfg: Model
         sums: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             index = step * cfg.grad_accum + micro
-            x, y, kwargs = _batch(corpus, index, device)
-            losses = step_losses(index, x, y, kwargs)
-            (losses["loss"] / cfg.grad_accum).backward()
+            x, y, kwargs, share, weight = _batch(corpus, index, device, dist)
+            with contextlib.ExitStack() as no_sync:
+                for module in filter(_has_params, (train_student, train_extra)):
+                    no_sync.enter_context(dist.no_grad_sync(module, last_micro=micro == cfg.grad_accum - 1))
+                losses = step_losses(index, x, y, kwargs, train_student, train_extra)
+                (losses["loss"] * weight / cfg.grad_accum if weight != 1.0 else losses["loss"] / cfg.grad_accum).backward()
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * share / cfg.grad_accum
+        sums = dict(zip(sums, dist.sum(list(sums.values())), strict=True))  # the global batch's means
         grad_norm = torch.nn.utils.clip_grad_norm_(params.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
         if not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm))):
             logger.close()
             raise FloatingPointError(f"non-finite loss or gradient norm at step {step + 1}: {sums}")
@@ -165,7 +248,7 @@ def _fit(student: Transformer, extra: nn.Module | None, corpus, model_cfg: Model
         if (cfg.log_every and done % cfg.log_every == 0) or final:
             logger.log(dict(last, kind="train"))
         if (cfg.eval_every and done % cfg.eval_every == 0) or final:
-            logger.log(dict(step=done, kind="eval", **evaluate(student, corpus, model_cfg, cfg, device, autocast)))
+            logger.log(dict(step=done, kind="eval", **evaluate(student, corpus, model_cfg, cfg, device, autocast, dist)))
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or final or done == cfg.stop_at:
             save(done)
         if done == cfg.stop_at and not final:
@@ -176,39 +259,57 @@ def _fit(student: Transformer, extra: nn.Module | None, corpus, model_cfg: Model
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t_run
-    evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "eval"]
+    evals = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "eval"] if main else []
     logger.close()
-    return {"last": last, "eval": evals[-1] if evals else {},
+    return {"last": last, "eval": dist.broadcast_object(evals[-1] if evals else {}),
             "tokens_per_s": tokens_run / elapsed if elapsed > 0 and tokens_run else None}
 
 
-def _teacher_eval(teacher: Pretrained, model: Transformer, corpus, cfg: TrainConfig, device, autocast, root: Path,
-                  dtype: torch.dtype) -> dict:
+def _teacher_eval(teacher: Pretrained, model: Transformer, corpus, cfg: TrainConfig, autocast, root: Path,
+                  dtype: torch.dtype, dist: Dist) -> dict:
     """The teacher's val metrics on the fixed validation set, cached on disk per
     (teacher, tokenizer, corpus, val windows, eval_batches, batch size, dtype)."""
     key = cache_key({"teacher": teacher.fingerprint, "tokens": corpus.cache_paths["tokens"],
                      "context": corpus.config.context, "val_tokens": corpus.config.val_tokens,
                      "batch_size": corpus.config.batch_size, "eval_batches": cfg.eval_batches, "dtype": str(dtype)})
     path = root / "teacher_eval" / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    out = evaluate(model, corpus, teacher.config, cfg, device, autocast)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
+    cached = dist.broadcast_object(json.loads(path.read_text()) if dist.is_main and path.exists() else None)
+    if cached is not None:  # rank 0 decides, so that every rank evaluates or none does
+        return cached
+    out = evaluate(model, corpus, teacher.config, cfg, dist.device, autocast, dist)
+    if dist.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out))
     return out
 
 
 def distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, train_cfg: TrainConfig, run_dir,
             teacher: str | Pretrained, baseline: str = "none", resume: bool = False,
-            config_record: dict | None = None) -> dict:
+            config_record: dict | None = None, dist: Dist | None = None) -> dict:
     """Distill ``teacher`` (a `Pretrained` or a `load_pretrained` source) into a student
-    (module docstring); returns the final metrics (also written to metrics.json)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = _write_record(run_dir, config_record, model=student_cfg, data=data_cfg, distill=cfg, train=train_cfg)
+    (module docstring); returns the final metrics (also written to metrics.json).
+    ``dist``: the process group to use (else `setup(train_cfg.distributed)` joins one and
+    leaves it at the end)."""
     if baseline not in BASELINES:
         raise ValueError(f"baseline={baseline!r} must be one of {', '.join(BASELINES)}")
-    device = resolve_device(train_cfg.device)
+    own = dist is None
+    dist = setup(train_cfg.distributed, train_cfg.device) if own else dist
+    try:
+        return _distill(student_cfg, data_cfg, cfg, train_cfg, Path(run_dir), teacher, baseline, resume,
+                        config_record, dist)
+    finally:
+        if own:
+            dist.close()
+
+
+def _distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, train_cfg: TrainConfig,
+             run_dir: Path, teacher: str | Pretrained, baseline: str, resume: bool, config_record: dict | None,
+             dist: Dist) -> dict:
+    main, device = dist.is_main, dist.device
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = _write_record(run_dir, config_record, write=main, model=student_cfg, data=data_cfg, distill=cfg,
+                           train=train_cfg)
+    check_world_size(data_cfg, dist.world)
 
     # ---------------------------------------------------------------- teacher, vocab, data
     pre = teacher if isinstance(teacher, Pretrained) else load_pretrained(
@@ -223,11 +324,15 @@ def distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, 
     for who, context in (("model.context (student)", student_cfg.context), ("the teacher's context", pre.config.context)):
         if data_cfg.context > context:
             raise ValueError(f"data.context={data_cfg.context} exceeds {who}={context}")
+    if not main:
+        dist.barrier()  # rank 0 fills the token cache first
     corpus = build_corpus(data_cfg, pre.tokenizer)
+    if main:
+        dist.barrier()
     if student_cfg.vocab_size is None:
         student_cfg = replace(student_cfg, vocab_size=corpus.tokenizer.vocab_size)
     check_vocab(student_cfg.vocab_size, pre)
-    record = _write_record(run_dir, config_record, model=student_cfg, data=corpus.config, distill=cfg,
+    record = _write_record(run_dir, config_record, write=main, model=student_cfg, data=corpus.config, distill=cfg,
                            train=train_cfg)
     record["teacher_model"] = asdict(pre.config)
     record["tokenizer"] = corpus.tokenizer.fingerprint()
@@ -261,23 +366,23 @@ def distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, 
 
         @torch.no_grad()
         def teacher_topk(i: int) -> TopK:
-            x, _, kwargs = _batch(corpus, i, device)
+            x, _, kwargs, _, _ = _batch(corpus, i, device)  # the global batch
             with autocast:
                 logits, _ = t_model(x, **kwargs)
             return TopK.of(logits.float(), cfg.top_k)
 
         t0 = time.perf_counter()
-        built = cache.build(train_cfg.steps * train_cfg.grad_accum, teacher_topk)
+        built = cache.build(train_cfg.steps * train_cfg.grad_accum, teacher_topk, dist=dist)
         cache_info = {"key": cache.key, "folder": str(cache.folder), "built_batches": built,
                       "build_s": time.perf_counter() - t0}
 
     t_layers = sorted({t for _, t in hidden.layer_map}) if hidden is not None else []
     s_layers = sorted({s for s, _ in hidden.layer_map}) if hidden is not None else []
 
-    def kd_losses(index: int, x: torch.Tensor, y: torch.Tensor, kwargs: dict) -> dict:
+    def kd_losses(index: int, x: torch.Tensor, y: torch.Tensor, kwargs: dict, train_student, train_hidden) -> dict:
         t_hidden = {}
         if cache is not None:
-            t_logits = cache.get(index, device)
+            t_logits = cache.get(index, device, rows=dist.rows(data_cfg.batch_size))
         else:
             with torch.no_grad(), capture_hidden(t_model, t_layers) as t_hidden, autocast:
                 t_logits, _ = t_model(x, **kwargs)
@@ -285,11 +390,11 @@ def distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, 
             if cfg.top_k is not None:
                 t_logits = TopK.of(t_logits, cfg.top_k)
         with capture_hidden(student, s_layers) as s_hidden, autocast:
-            s_logits, _ = student(x, **kwargs)
+            s_logits, _ = train_student(x, **kwargs)
         out = distillation_loss(s_logits, t_logits, y, kind=cfg.loss, temperature=cfg.temperature, beta=cfg.beta,
                                 weight_hard=cfg.weight_hard, weight_soft=cfg.weight_soft)
         if hidden is not None:
-            out["hidden"] = hidden(s_hidden, t_hidden)
+            out["hidden"] = train_hidden(s_hidden, t_hidden)
             out["loss"] = out["loss"] + cfg.hidden_weight * out["hidden"]
         return out
 
@@ -297,15 +402,16 @@ def distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, 
     init_eval = {}
     if cfg.init != "random":  # the student before training (attention transfer: "before" numbers)
         init_file = run_dir / "init_eval.json"
-        if resume and init_file.exists():
-            init_eval = json.loads(init_file.read_text())
-        else:
-            init_eval = evaluate(student, corpus, student_cfg, train_cfg, device, autocast)
-            init_file.write_text(json.dumps(init_eval))
-    fit = _fit(student, hidden, corpus, student_cfg, train_cfg, run_dir, record, device, autocast, kd_losses, resume)
+        init_eval = dist.broadcast_object(json.loads(init_file.read_text()) if main and resume and init_file.exists()
+                                          else None)
+        if init_eval is None:
+            init_eval = evaluate(student, corpus, student_cfg, train_cfg, device, autocast, dist)
+            if main:
+                init_file.write_text(json.dumps(init_eval))
+    fit = _fit(student, hidden, corpus, student_cfg, train_cfg, run_dir, record, autocast, kd_losses, resume, dist)
     if "stopped" in fit:
         return {"status": "stopped", "step": fit["stopped"]}
-    t_eval = _teacher_eval(pre, t_model, corpus, train_cfg, device, autocast, root, t_dtype)
+    t_eval = _teacher_eval(pre, t_model, corpus, train_cfg, autocast, root, t_dtype, dist)
     t_model.eval()  # evaluate() leaves a model in train mode
     x0, _ = corpus.train_batch(0)
     x0 = x0.to(device)
@@ -323,8 +429,8 @@ def distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, 
 
     # ---------------------------------------------------------------- scratch baseline
     if baseline == "scratch":
-        metrics.update(_scratch(student_cfg, corpus, train_cfg, run_dir / "scratch", record, device, autocast, resume,
-                                root))
+        metrics.update(_scratch(student_cfg, corpus, train_cfg, run_dir / "scratch", record, autocast, resume, root,
+                                dist))
         gap = metrics["scratch_val_bpb"] - metrics["teacher_val_bpb"]
         metrics["gap_closed"] = (metrics["scratch_val_bpb"] - metrics["val_bpb"]) / gap if gap else None
 
@@ -342,8 +448,10 @@ def distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, 
         "flops_per_token": s_fpt,
         "teacher_flops_per_token": t_fpt,
         "flops_ratio": s_fpt / t_fpt,
-        "peak_memory_mib": peak_memory_mib(device),
+        "peak_memory_mib": dist.max(peak_memory_mib(device)),  # the largest process's
         "device": str(device),
+        "distributed": dist.mode,
+        "world_size": dist.world,
         "teacher": pre.source,
         "teacher_kind": pre.kind,
         "init": cfg.init,
@@ -353,44 +461,50 @@ def distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig, 
         "teacher_layer_specs": [s.name for s in pre.config.layer_specs()],
         "offline_cache": cache_info,
     })
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    if main:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return dist.broadcast_object(metrics)  # rank 0's timings on every rank
 
 
-def _scratch(student_cfg, corpus, train_cfg, run_dir: Path, record, device, autocast, resume, root: Path) -> dict:
+def _scratch(student_cfg, corpus, train_cfg, run_dir: Path, record, autocast, resume, root: Path, dist: Dist) -> dict:
     """The same student from a random init (same seed) trained on the data alone, for the
     same steps and batches: its val metrics as ``scratch_*``. Kept under ``root/scratch``
     by (student, data, optimization): the runs of a sweep over distillation settings train
-    each scratch baseline once (under a lock, so parallel runs wait for each other)."""
+    each scratch baseline once (under a lock, so parallel runs wait for each other; rank 0
+    holds it for the job and decides, so that every rank trains or none does)."""
     quiet = {"logger", "wandb_mode", "wandb_project", "wandb_group", "progress", "log_every", "ckpt_every", "stop_at"}
     key = cache_key({"model": asdict(student_cfg), "data": asdict(corpus.config), "tokens": corpus.cache_paths["tokens"],
-                     "train": {k: v for k, v in asdict(train_cfg).items() if k not in quiet}, "device": device.type})
+                     "train": {k: v for k, v in asdict(train_cfg).items() if k not in quiet}, "device": dist.device.type})
     shared = root / "scratch" / f"{key}.json"
-    with locked(root / "scratch" / key):
-        if shared.exists():
-            return dict(json.loads(shared.read_text()), scratch_reused=str(shared))
-        out = _train_scratch(student_cfg, corpus, train_cfg, run_dir, record, device, autocast, resume)
-        shared.write_text(json.dumps(dict(out, scratch_run_dir=str(run_dir)), indent=2))
+    with locked(root / "scratch" / key, hold=dist.is_main):
+        cached = dist.broadcast_object(json.loads(shared.read_text()) if dist.is_main and shared.exists() else None)
+        if cached is not None:
+            return dict(cached, scratch_reused=str(shared))
+        out = _train_scratch(student_cfg, corpus, train_cfg, run_dir, record, autocast, resume, dist)
+        if dist.is_main:
+            shared.write_text(json.dumps(dict(out, scratch_run_dir=str(run_dir)), indent=2))
         return out
 
 
-def _train_scratch(student_cfg, corpus, train_cfg, run_dir: Path, record, device, autocast, resume) -> dict:
+def _train_scratch(student_cfg, corpus, train_cfg, run_dir: Path, record, autocast, resume, dist: Dist) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / "scratch_metrics.json"
-    if resume and done.exists():
-        return json.loads(done.read_text())
+    finished = dist.broadcast_object(json.loads(done.read_text()) if dist.is_main and resume and done.exists() else None)
+    if finished is not None:
+        return finished
     torch.manual_seed(train_cfg.seed)
-    model = Transformer(student_cfg).to(device)
+    model = Transformer(student_cfg).to(dist.device)
     cfg = replace(train_cfg, logger="jsonl", stop_at=None)
 
-    def ce(index, x, y, kwargs):
+    def ce(index, x, y, kwargs, train_model, _):
         with autocast:
-            logits, _ = model(x, **kwargs)
+            logits, _ = train_model(x, **kwargs)
         return {"loss": hard_loss(logits, y)}
 
-    fit = _fit(model, None, corpus, student_cfg, cfg, run_dir, dict(record, baseline="scratch"), device, autocast,
-               ce, resume)
+    fit = _fit(model, None, corpus, student_cfg, cfg, run_dir, dict(record, baseline="scratch"), autocast, ce, resume,
+               dist)
     out = {f"scratch_{k}": v for k, v in fit["eval"].items() if k.startswith("val_")}
     out["scratch_train_loss"] = fit["last"].get("train_loss")
-    done.write_text(json.dumps(out, indent=2))
+    if dist.is_main:
+        done.write_text(json.dumps(out, indent=2))
     return out

@@ -18,6 +18,7 @@ import os
 import socket
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -137,6 +138,25 @@ class Dist:
                 fully_shard(block)
             fully_shard(model)
         return model
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_to_resume(self, ckpt_dir: str | os.PathLike, resume: bool) -> Path | None:
+        """The latest complete checkpoint in ``ckpt_dir`` that this mode loads (fsdp: a DCP
+        folder; none/ddp: ``latest.pt``), or None (not resuming, or nothing saved yet).
+        Raises when ``ckpt_dir`` holds only the other format."""
+        from attnlab.train import checkpoint as ckpt
+
+        if not resume:
+            return None
+        sharded = self.mode == "fsdp"
+        found = ckpt.latest_in(ckpt_dir, sharded)
+        if found is None and ckpt.latest_in(ckpt_dir, not sharded) is not None:
+            raise ValueError(
+                f"resume: {ckpt_dir} holds a {'latest.pt' if sharded else 'sharded (FSDP)'} checkpoint, which "
+                f"train.distributed={self.mode} cannot load; resume with "
+                f"{'train.distributed=none or ddp' if sharded else 'train.distributed=fsdp'}"
+            )
+        return found
 
     def no_grad_sync(self, train_model: torch.nn.Module, last_micro: bool):
         """Context for one micro-batch: gradients are reduced only on the last one."""

@@ -51,7 +51,7 @@ bench: $(STAMP)
 # time budget (GPU_CHECK_BUDGET_S seconds; each stage is capped), written to GPU_CHECK_OUT and
 # GPU_CHECK_OUT.tar.gz. Record the results under experiments/kernel_bench/ with the date.
 GPU_CHECK_OUT ?= outputs/gpu_check/$(shell date +%Y-%m-%d_%H-%M-%S)
-GPU_CHECK_BUDGET_S ?= 1200
+GPU_CHECK_BUDGET_S ?= 900
 gpu-check: $(STAMP)
 	PYTHON=$(PYTHON) experiments/kernel_bench/gpu_check.sh $(GPU_CHECK_OUT) $(GPU_CHECK_BUDGET_S)
 

@@ -4,18 +4,19 @@
 #   experiments/kernel_bench/gpu_check.sh [OUT_DIR] [BUDGET_S]
 #
 # Stages, in order of importance, each capped so that one slow stage cannot starve the rest:
-#   tests        pytest -m gpu (kernels and bench harness), 4 workers
+#   tests        pytest -m gpu (kernels and bench harness), 8 workers (compiling is the cost)
 #   bench_gpu    conf/bench/gpu.yaml         dense causal / non-causal, N = 4k, 16k, 1k
 #   bench_swa    conf/bench/gpu_swa.yaml     sliding windows at N = 16k
 #   bench_sparse conf/bench/gpu_sparse.yaml  block-sparse layouts and 8 documents at N = 16k
 # A stage that hits its cap is stopped with SIGINT: pytest prints its summary and the bench
 # keeps the rows it measured (results.csv is rewritten after every case). Everything lands in
 # OUT_DIR (default outputs/gpu_check/<date>): one log per stage, status.txt, the bench folders,
-# and OUT_DIR.tar.gz of all of it. Copy that folder under experiments/kernel_bench/ with the date.
+# targets.md (`python -m attnlab.bench.targets`: each issue target, met or not) and
+# OUT_DIR.tar.gz of all of it. Copy that folder under experiments/kernel_bench/ with the date.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT_DIR=${1:-outputs/gpu_check/$(date +%Y-%m-%d_%H-%M-%S)}
-BUDGET_S=${2:-1200}
+BUDGET_S=${2:-900}
 PYTHON=${PYTHON:-.venv/bin/python}
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HYDRA_FULL_ERROR=1
 mkdir -p "$OUT_DIR"
@@ -51,12 +52,14 @@ stage() {
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA device')" || exit 1
 
 # budget shares: tests 25%, dense 40%, sliding window 17%, block-sparse + documents the rest
-stage tests $((BUDGET_S * 25 / 100)) "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -n 4 --durations=15 \
+stage tests $((BUDGET_S * 25 / 100)) "$PYTHON" -m pytest -m gpu -p no:cacheprovider -n 8 -v --durations=15 \
     tests/kernels tests/test_bench.py
 stage bench_gpu $((BUDGET_S * 40 / 100)) "$PYTHON" -m attnlab.bench bench=gpu "hydra.run.dir=$OUT_DIR/bench_gpu"
 stage bench_swa $((BUDGET_S * 17 / 100)) "$PYTHON" -m attnlab.bench bench=gpu_swa "hydra.run.dir=$OUT_DIR/bench_swa"
 stage bench_sparse "$BUDGET_S" "$PYTHON" -m attnlab.bench bench=gpu_sparse "hydra.run.dir=$OUT_DIR/bench_sparse"
 
+"$PYTHON" -m attnlab.bench.targets "$OUT_DIR" --out "$OUT_DIR/targets.md" > /dev/null &&
+    echo "targets: $OUT_DIR/targets.md" && head -12 "$OUT_DIR/targets.md"
 tar -czf "$OUT_DIR.tar.gz" -C "$(dirname "$OUT_DIR")" "$(basename "$OUT_DIR")"
 echo "gpu-check done in $(($(date +%s) - START))s: $OUT_DIR, $OUT_DIR.tar.gz"
 cat "$OUT_DIR/status.txt"

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from .common import (
     LOG2E,
     alloc,
@@ -487,14 +488,8 @@ def _make_prune(fits):
 
 
 def _autotuned(kernel, configs, fits, extra_key=()):
-    return triton.autotune(
-        configs=[
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in configs
-        ],
-        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS", *extra_key],
-        prune_configs_by={"early_config_prune": _make_prune(fits)},
-    )(kernel)
+    key = ["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS", *extra_key]
+    return common.autotuned(kernel, configs, key, _make_prune(fits))
 
 
 _dkdv_autotuned = _autotuned(_bwd_dkdv_kernel, _DKDV_CONFIGS, _dkdv_fits)

@@ -106,6 +106,29 @@ def smem_bytes(block_rows: int, block_cols: int, block_d: int, stages: int, elem
     return (block_rows * block_d + 2 * block_cols * block_d * stages) * elem
 
 
+# Autotuning: each candidate config is timed for AUTOTUNE_WARMUP_MS + AUTOTUNE_REP_MS (Triton's
+# default is 25 + 100 ms, which makes a first call with many configs slow); the winners are kept
+# in Triton's on-disk cache (``cache_results``) so later processes with the same key skip timing.
+AUTOTUNE_WARMUP_MS = 5
+AUTOTUNE_REP_MS = 25
+
+
+def autotune_bench(kernel_call, quantiles):
+    """The autotuner's timing function (``triton.autotune(do_bench=...)``)."""
+    return triton.testing.do_bench(kernel_call, warmup=AUTOTUNE_WARMUP_MS, rep=AUTOTUNE_REP_MS, quantiles=quantiles)
+
+
+def autotuned(kernel, configs, key, prune):
+    """``triton.autotune`` over ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` tuples."""
+    return triton.autotune(
+        configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in configs],
+        key=key,
+        prune_configs_by={"early_config_prune": prune},
+        do_bench=autotune_bench,
+        cache_results=True,
+    )(kernel)
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

@@ -270,14 +270,8 @@ def fixed_fwd_configs(
 
 
 def _autotuned(configs, extra_key=()):
-    return triton.autotune(
-        configs=[
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in configs
-        ],
-        key=["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS", *extra_key],
-        prune_configs_by={"early_config_prune": _fwd_prune},
-    )(_fwd_kernel)
+    key = ["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS", *extra_key]
+    return common.autotuned(_fwd_kernel, configs, key, _fwd_prune)
 
 
 _fwd_kernel_autotuned = _autotuned(_FWD_CONFIGS)

@@ -234,3 +234,21 @@ def test_inference_mode_and_in_place_edits():
     ids[2] = 5
     with pytest.raises(ValueError, match="non-decreasing"):
         attention(q, k, v, spec, impl="sdpa", doc_ids=ids)
+
+
+def test_one_cu_seqlens_tensor_gives_one_doc_ids_tensor():
+    """Layers given the same cu_seqlens share one doc-ids tensor (so the impls' block-mask caches
+    hit); an in-place edit is seen and checked again."""
+    from attnlab.attention.documents import resolve_documents
+
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    first = resolve_documents(cu_seqlens=cu, n_q=8, n_k=8)
+    assert resolve_documents(cu_seqlens=cu, n_q=8, n_k=8) is first
+    assert first.tolist() == [[0, 0, 0, 1, 1, 1, 1, 1]]
+    cu[1] = 5
+    assert resolve_documents(cu_seqlens=cu, n_q=8, n_k=8).tolist() == [[0] * 5 + [1] * 3]
+    cu[1] = 9
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        resolve_documents(cu_seqlens=cu, n_q=8, n_k=8)
+    other = resolve_documents(cu_seqlens=torch.tensor([0, 3, 8]), n_q=8, n_k=8)
+    assert other is not first and other.tolist() == [[0, 0, 0, 1, 1, 1, 1, 1]]

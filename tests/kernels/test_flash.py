@@ -470,3 +470,20 @@ def test_cpu_without_interpreter_says_why(monkeypatch):
     x = torch.zeros(1, 1, 4, 16)
     with pytest.raises(NotImplementedError, match="TRITON_INTERPRET"):
         flash_attention(x, x, x)
+
+
+def test_autotuning_times_configs_briefly(monkeypatch):
+    """Every autotuned kernel times its configs with the short settings of `common` (not
+    Triton's 25 + 100 ms per config) and asks Triton to keep the winners on disk."""
+    from attnlab.kernels.flash import backward, common, forward
+
+    tuned = [forward._fwd_kernel_autotuned, forward._sparse_fwd_kernel_autotuned, backward._dkdv_autotuned,
+             backward._dq_autotuned, backward._sparse_dkdv_autotuned, backward._sparse_dq_autotuned]
+    for kernel in tuned:
+        assert kernel.do_bench is common.autotune_bench
+        assert "DOCS" in kernel.keys and "HEAD_DIM" in kernel.keys
+    seen = {}
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: seen.update(kw) or [1.0, 0.9, 1.1])
+    assert common.autotune_bench(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.0, 0.9, 1.1]
+    assert seen == {"warmup": common.AUTOTUNE_WARMUP_MS, "rep": common.AUTOTUNE_REP_MS, "quantiles": (0.5, 0.2, 0.8)}
+    assert common.AUTOTUNE_WARMUP_MS + common.AUTOTUNE_REP_MS < 25 + 100

@@ -65,12 +65,19 @@ class TensorCache:
 
 
 _CHECKED = TensorCache(size=8)  # doc-id tensors whose values passed the checks
+# cu_seqlens tensor -> its checked doc ids: every layer given the same cu_seqlens gets the same
+# ids tensor, so the impls' per-doc-ids caches (FlexAttention block masks, kernel block lists) hit
+_FROM_CU_SEQLENS = TensorCache(size=8)
 
 
 def _show(t) -> str:
     if isinstance(t, torch.Tensor):
         return f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device.type})"
     return f"{type(t).__name__} {t!r}"[:80]
+
+
+def _cacheable(t) -> bool:
+    return isinstance(t, torch.Tensor) and not torch.compiler.is_compiling()
 
 
 def _values_checked() -> bool:
@@ -171,8 +178,11 @@ def resolve_documents(
             _check_cu(cu, n_k, f"cu_seqlens[{row}]")
         ids = torch.stack([cu_seqlens_to_doc_ids(cu, n_k) for cu in cu_seqlens])
     else:
-        _check_cu(cu_seqlens, n_k, "cu_seqlens")
-        ids = cu_seqlens_to_doc_ids(cu_seqlens, n_k)[None]
+        def build():
+            _check_cu(cu_seqlens, n_k, "cu_seqlens")
+            return cu_seqlens_to_doc_ids(cu_seqlens, n_k)[None]
+
+        ids = _FROM_CU_SEQLENS.get(cu_seqlens, (n_k,), build) if _cacheable(cu_seqlens) else build()
     if device is not None and ids.device != torch.device(device):
         raise ValueError(
             f"document boundaries are on {ids.device} but the attention inputs are on {torch.device(device)}; "

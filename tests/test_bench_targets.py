@@ -1,0 +1,88 @@
+"""`attnlab.bench.targets`: the issue targets checked from results.csv files (synthetic rows)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from attnlab.bench import targets
+
+COLUMNS = ["impl", "spec", "n", "head_dim", "dtype", "mode", "status", "ms", "tflops", "peak_mib", "flops",
+           "spec_repr", "reason"]
+CAUSAL = "AttentionSpec(kind='dense', causal=True)"
+SWA = "AttentionSpec(kind='sliding_window', causal=True, window=1024)"
+SPARSE = "AttentionSpec(kind='block_sparse', causal=True, block_size=128, pattern='random', density=0.25, seed=0)"
+DOCS = CAUSAL + " + 8 documents"
+
+
+def _row(impl, name, spec_repr, ms, flops, n=16384, mode="fwd_bwd", peak=100.0, status="ok"):
+    return {"impl": impl, "spec": name, "n": n, "head_dim": 128, "dtype": "bfloat16", "mode": mode,
+            "status": status, "ms": ms, "tflops": flops / (ms * 1e9), "peak_mib": peak, "flops": flops,
+            "spec_repr": spec_repr, "reason": ""}
+
+
+def _write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _by_target(checks):
+    return {c.target: c for c in checks}
+
+
+def test_checks_ratios_ideal_and_memory(tmp_path):
+    f = _write(tmp_path / "a" / "results.csv", [
+        _row("triton", "causal", CAUSAL, 10.0, 1000e9, peak=100.0),
+        _row("flex", "causal", CAUSAL, 11.0, 1000e9),
+        _row("sdpa_flash", "causal", CAUSAL, 12.0, 1000e9, peak=200.0),
+        _row("triton", "swa1024", SWA, 2.0, 125e9),  # ideal 8x, got 5x: 62.5% of ideal
+        _row("flex", "swa1024", SWA, 2.6, 125e9),  # 1.3x flex
+        _row("triton", "random25", SPARSE, 3.0, 250e9),  # ideal 4x, got 3.33x: 83%
+        _row("flex", "random25", SPARSE, 2.7, 250e9),  # 0.9x flex
+        _row("triton", "docs8", DOCS, 1.0, 125e9),
+        _row("flex", "docs8", DOCS, 5.0, 125e9),
+        _row("sdpa_cudnn", "causal", CAUSAL, 5.0, 1000e9, status="skipped"),  # skipped rows are not used
+    ])
+    checks = targets.checks_of(targets.read_rows(f), "a")
+    got = _by_target(checks)
+    assert got["dense >= 1.0x flex"].value == pytest.approx(1.1) and got["dense >= 1.0x flex"].met
+    assert got["dense >= 1.3x sdpa_flash"].value == pytest.approx(1.2) and not got["dense >= 1.3x sdpa_flash"].met
+    assert "dense stretch >= 0.85x sdpa_cudnn" not in got
+    mem = got["memory fwd+bwd <= 1.1x sdpa_flash"]
+    assert mem.value == pytest.approx(0.5) and mem.met
+    ideal = got["sliding window: speedup >= 80% of ideal"]
+    assert ideal.value == pytest.approx(0.625) and not ideal.met
+    assert got["sliding window >= 1.2x flex"].value == pytest.approx(1.3)
+    assert got["block-sparse: speedup >= 80% of ideal"].value == pytest.approx(10 / 3 / 4)
+    assert not got["block-sparse >= 1.0x flex"].met
+    assert got["documents >= 1.0x flex"].value == pytest.approx(5.0)
+    assert len(checks) == 8
+
+
+def test_ratios_never_mix_runs_or_shapes(tmp_path):
+    a = _write(tmp_path / "a" / "results.csv", [_row("triton", "causal", CAUSAL, 10.0, 1e12)])
+    b = _write(tmp_path / "b" / "results.csv", [_row("flex", "causal", CAUSAL, 11.0, 1e12),
+                                                _row("triton", "causal", CAUSAL, 10.0, 1e12, n=1024)])
+    checks = [c for f in (a, b) for c in targets.checks_of(targets.read_rows(f), str(f.parent))]
+    assert checks == []  # flex is in another run; N = 1024 is below the targets' N
+
+
+def test_cli_writes_the_table(tmp_path, capsys):
+    _write(tmp_path / "run" / "x" / "results.csv", [_row("triton", "causal", CAUSAL, 10.0, 1e12),
+                                                    _row("flex", "causal", CAUSAL, 9.0, 1e12)])
+    out = tmp_path / "targets.md"
+    assert targets.main([str(tmp_path / "run"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| dense >= 1.0x flex | 0 | 1 | 0.90 | 0.90 |" in text
+    assert "| **no** |" in text and text == capsys.readouterr().out
+
+
+def test_cli_bad_path(tmp_path, capsys):
+    assert targets.main([str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert targets.main([str(tmp_path)]) == 2  # a folder without results

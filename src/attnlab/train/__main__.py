@@ -2,7 +2,7 @@
 
     python -m attnlab.train model=small attention=swa train.steps=500
     python -m attnlab.train hydra.run.dir=outputs/train/<run>     # rerun: skip, or continue
-    torchrun --nproc_per_node=4 -m attnlab.train train.distributed=ddp   # or fsdp (DISTRIBUTED.md)
+    torchrun --nproc_per_node=4 -m attnlab.train train.distributed=ddp   # or fsdp (README: "Training on several GPUs or nodes")
 
 Writes into the run dir: config.json, metrics.jsonl (train/eval records), metrics.json
 (final), checkpoints/ (latest.pt, or step_<N>.dcp/ + latest_dcp.json with FSDP), and a

@@ -9,7 +9,7 @@ the order of floating-point sums.
 
     torchrun --nproc_per_node=2 -m attnlab.train train.distributed=ddp   # or fsdp
 
-Backend: nccl on CUDA (device ``cuda:LOCAL_RANK``), gloo on CPU. See DISTRIBUTED.md.
+Backend: nccl on CUDA (device ``cuda:LOCAL_RANK``), gloo on CPU. How to launch: README.md, "Training on several GPUs or nodes".
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def setup(mode: str, device_name: str = "auto") -> Dist:
         else:
             raise ValueError(
                 f"train.distributed={mode} with WORLD_SIZE={world} but no MASTER_ADDR: launch with torchrun "
-                "(see src/attnlab/train/DISTRIBUTED.md)"
+                "(see README.md, 'Training on several GPUs or nodes')"
             )
         owns = True
     return Dist(mode=mode, rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,

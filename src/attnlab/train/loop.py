@@ -172,13 +172,7 @@ def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume: bool, c
     ckpt_dir = run_dir / "checkpoints"
     if main:
         ckpt.remove_stale_temps(ckpt_dir)
-    found = ckpt.latest_in(ckpt_dir, sharded) if resume else None
-    if resume and found is None and ckpt.latest_in(ckpt_dir, not sharded) is not None:
-        raise ValueError(
-            f"resume: {ckpt_dir} holds a {'latest.pt' if sharded else 'sharded (FSDP)'} checkpoint, which "
-            f"train.distributed={dist.mode} cannot load; resume with "
-            f"{'train.distributed=none or ddp' if sharded else 'train.distributed=fsdp'}"
-        )
+    found = dist.checkpoint_to_resume(ckpt_dir, resume)
     state = ckpt.load(found, map_location=device) if (found and not sharded) else None
     if state is not None:
         model.load_state_dict(state["model"])

@@ -1,6 +1,7 @@
 """flops_per_token against a hand count; the attention part is the sum of per-layer spec.flops."""
 
 import pytest
+import torch
 
 from attnlab.attention import AttentionSpec
 from attnlab.model import Transformer, flops_per_token, matmul_params, mfu, num_params
@@ -54,3 +55,16 @@ def test_mfu_and_errors(make_cfg):
     with pytest.raises(ValueError, match="peak_flops"):
         mfu(1.0, 1.0, 0.0)
     assert all(isinstance(fpt[k], int | float) for k in ("matmul", "attention", "total"))  # JSON-friendly
+
+
+def test_packed_documents_count_pairs_inside_documents(make_cfg):
+    cfg = make_cfg()  # causal dense, 2 layers, 4 heads, head_dim 8
+    n = 16
+    ids = torch.tensor([[0] * 4 + [1] * 12, [0] * 16])  # row 0: documents of 4 and 12 tokens
+    out = flops_per_token(cfg, n, doc_ids=ids)
+    tri = lambda m: m * (m + 1) // 2  # noqa: E731  causal pairs of an m-token document
+    pairs_per_token = (tri(4) + tri(12) + tri(16)) / (2 * n)
+    assert out["attention"] == pytest.approx(2 * 4 * 8 * 4 * pairs_per_token * 3.5)  # layers x 4D x heads
+    assert out["attention"] < flops_per_token(cfg, n)["attention"]
+    one_doc = flops_per_token(cfg, n, doc_ids=torch.zeros(n, dtype=torch.int64))
+    assert one_doc["attention"] == pytest.approx(flops_per_token(cfg, n)["attention"])

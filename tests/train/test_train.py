@@ -206,3 +206,15 @@ def test_packed_documents_train_with_document_masking(tmp_path, monkeypatch):
     metrics = train(tiny_model(), tiny_data(pack_documents=True), tiny_train(steps=3, eval_every=0), tmp_path)
     assert metrics["status"] == "complete" and metrics["val_bpb"] > 0
     assert seen and all(d is not None and d.shape == (4, 32) for d in seen), "every layer gets the batch's doc ids"
+    # attention FLOPs are counted with the first batch's documents (pairs inside a document)
+    from attnlab.data import build_data
+    from attnlab.train import loop
+
+    counted = []
+    real_fpt = loop.flops_per_token
+    monkeypatch.setattr(loop, "flops_per_token", lambda *a, **kw: counted.append(kw.get("doc_ids")) or real_fpt(*a, **kw))
+    data = tiny_data(pack_documents=True)
+    train(tiny_model(), data, tiny_train(steps=1, eval_every=0), tmp_path / "again")
+    assert torch.equal(counted[0], build_data(data).train_batch(0, with_doc_ids=True)[2])
+    train(tiny_model(), tiny_data(), tiny_train(steps=1, eval_every=0), tmp_path / "unpacked")
+    assert counted[1] is None

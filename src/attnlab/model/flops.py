@@ -15,6 +15,10 @@ of training (forward + backward) costs
   mask: a causal dense model costs ``7 * L * C * (N + 1)``, a sliding window far less.
 
 ``total = matmul + attention``. MFU = tokens/s * total / peak FLOP/s.
+
+Packed documents (``doc_ids``): attention stays inside each document, so only the pairs
+within a document count; ``flops_per_token(cfg, N, doc_ids=ids)`` averages over the rows
+of ``ids`` (e.g. one training batch).
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ def matmul_params(cfg: ModelConfig) -> int:
     return cfg.n_layers * (attn + mlp) + head_rows * c
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict:
-    """Training (forward + backward) FLOPs per token at sequence length `seq_len`.
+def flops_per_token(cfg: ModelConfig, seq_len: int, doc_ids=None) -> dict:
+    """Training (forward + backward) FLOPs per token at sequence length `seq_len`; with
+    ``doc_ids`` (int ``[B, seq_len]`` or ``[seq_len]``, packed documents) the attention part
+    counts only pairs inside a document, averaged over the B rows.
 
     Returns ``{"matmul", "attention", "total", "attention_per_layer"}``: the first three are
     FLOPs per token (attention may be fractional), the last a list of each layer's attention
@@ -43,13 +49,15 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict:
     if seq_len > cfg.context:
         raise ValueError(f"flops_per_token(seq_len={seq_len}) exceeds model.context={cfg.context}")
     cfg._need_vocab("flops_per_token")
+    rows = 1 if doc_ids is None or doc_ids.dim() == 1 else doc_ids.shape[0]
     per_spec = {}
     per_layer = []
     for spec in cfg.layer_specs():
         if spec not in per_spec:
             per_spec[spec] = spec.flops(
-                batch=1, heads=cfg.n_heads, n_q=seq_len, n_k=seq_len, head_dim=cfg.head_dim, mode="fwd_bwd"
-            ) / seq_len
+                batch=rows, heads=cfg.n_heads, n_q=seq_len, n_k=seq_len, head_dim=cfg.head_dim, mode="fwd_bwd",
+                doc_ids=doc_ids,
+            ) / (rows * seq_len)
         per_layer.append(per_spec[spec])
     matmul = 6 * matmul_params(cfg)
     attn = sum(per_layer)

@@ -199,7 +199,9 @@ def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume: bool, c
     amp = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
     logger = RunLogger(run_dir, cfg, record, resume=resume) if main else _NullLogger()
-    fpt = flops_per_token(model_cfg, data_cfg.context)
+    # packed documents: attention FLOPs of the first training batch's documents (a sample)
+    sample_docs = corpus.train_batch(0, with_doc_ids=True)[2] if data_cfg.pack_documents else None
+    fpt = flops_per_token(model_cfg, data_cfg.context, doc_ids=sample_docs)
     tokens_per_step = data_cfg.batch_size * data_cfg.context * cfg.grad_accum  # the global batch
     peak = peak_flops(device)
     bar = _progress(cfg, start) if main else None

@@ -75,19 +75,25 @@ def alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> t
     return out
 
 
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (n >= 1); plain Python: these run on every call, and
+    ``triton.next_power_of_2`` (a constexpr function) costs microseconds each on the host."""
+    return 1 << (n - 1).bit_length()
+
+
 def head_dim_block(head_dim: int) -> int:
     """BLOCK_D: head dim padded to a power of two (>= 16 so tl.dot accepts it)."""
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(16, next_power_of_2(head_dim))
 
 
 def length_bucket(n: int) -> int:
     """Autotune key for a sequence length: next power of two, so N=1000 and N=1024 share one tuning."""
-    return triton.next_power_of_2(max(n, 16))
+    return next_power_of_2(max(n, 16))
 
 
 def window_bucket(w: int | None) -> int:
     """Autotune key for a window extent: -1 when unbounded, else next power of two of w + 1."""
-    return -1 if w is None else triton.next_power_of_2(w + 1)
+    return -1 if w is None else next_power_of_2(w + 1)
 
 
 def stride_last_one(x: torch.Tensor) -> torch.Tensor:

@@ -487,3 +487,10 @@ def test_autotuning_times_configs_briefly(monkeypatch):
     assert common.autotune_bench(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.0, 0.9, 1.1]
     assert seen == {"warmup": common.AUTOTUNE_WARMUP_MS, "rep": common.AUTOTUNE_REP_MS, "quantiles": (0.5, 0.2, 0.8)}
     assert common.AUTOTUNE_WARMUP_MS + common.AUTOTUNE_REP_MS < 25 + 100
+
+
+def test_host_next_power_of_2_matches_triton():
+    from attnlab.kernels.flash.common import next_power_of_2
+
+    for n in [*range(1, 300), 1000, 1024, 1025, 16383, 16384, 16385, 2**31 - 1]:
+        assert next_power_of_2(n) == triton.next_power_of_2(n), n

@@ -14,7 +14,7 @@ import attnlab.distill.trainer as trainer_module
 from attnlab.configs import from_dict
 from attnlab.data import DataConfig
 from attnlab.distill import DistillConfig, distill
-from attnlab.model import ModelConfig
+from attnlab.model import ModelConfig, flops_per_token
 from attnlab.paths import CONF_DIR
 from attnlab.pretrained import load_pretrained
 from attnlab.train.config import TrainConfig
@@ -64,7 +64,9 @@ def test_kd_loss_falls_and_metrics_are_complete(tmp_path, teacher_dir, cache_dir
     assert 0 < m["params_ratio"] < 1 and m["teacher_kind"] == "attnlab" and m["status"] == "complete"
     assert (tmp_path / "scratch" / "metrics.jsonl").exists() and not (tmp_path / "scratch" / "config.json").exists()
     # the student's run dir loads like any trained model (checkpoint with model + config)
-    assert load_pretrained(str(tmp_path)).config.d_model == 16
+    student = load_pretrained(str(tmp_path)).config
+    assert student.d_model == 16
+    assert m["attention_flops_per_token"] == flops_per_token(student, data_cfg(cache_dir).context)["attention"] > 0
 
 
 def test_offline_topk_logits_are_built_once_and_match_online(tmp_path, teacher_dir, cache_dir):

@@ -53,8 +53,8 @@ def distill_table(runs) -> str:
 
 def add_attention_flops(runs) -> None:
     """Give each complete run ``attention_flops_per_token`` (training, fwd + bwd, mask-exact,
-    at ``data.context``: what `attnlab.train` records) computed from its config.json when its
-    metrics lack it. Skipped for students initialized from the teacher (``distill.init=teacher``),
+    at ``data.context``: what `attnlab.train` and, since 2026-11-26, the distill trainer record)
+    computed from its config.json when its metrics lack it (older runs). Skipped for students initialized from the teacher (``distill.init=teacher``),
     whose architecture is the teacher's, not the config's ``model``."""
     for run in runs:
         if run.status != "complete" or "attention_flops_per_token" in run.metrics:

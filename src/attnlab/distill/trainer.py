@@ -435,7 +435,8 @@ def _distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig,
         metrics["gap_closed"] = (metrics["scratch_val_bpb"] - metrics["val_bpb"]) / gap if gap else None
 
     s_params, t_params = num_params(student), num_params(t_model)
-    s_fpt = flops_per_token(student_cfg, data_cfg.context)["total"]
+    s_flops = flops_per_token(student_cfg, data_cfg.context)
+    s_fpt = s_flops["total"]
     t_fpt = flops_per_token(pre.config, data_cfg.context)["total"]
     metrics.update({
         "params": s_params,
@@ -446,6 +447,7 @@ def _distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig,
         "teacher_forward_tokens_per_s": t_tps,
         "tokens_per_s_ratio": s_tps / t_tps if s_tps and t_tps else None,
         "flops_per_token": s_fpt,
+        "attention_flops_per_token": s_flops["attention"],  # the student's, as attnlab.train records
         "teacher_flops_per_token": t_fpt,
         "flops_ratio": s_fpt / t_fpt,
         "peak_memory_mib": dist.max(peak_memory_mib(device)),  # the largest process's

@@ -53,5 +53,11 @@ def test_attention_ablation_sweeps_kinds_and_seeds():
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra.compose(config_name="train", overrides=["experiment=attention_ablation"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params["attention"] == "dense,swa,hybrid,bigbird" and params["train.seed"] == "0,1"
+    assert params["attention"] == "dense,swa32,swa,hybrid,bigbird,random25" and params["train.seed"] == "0,1"
+    for kind in ("attention_ablation", "attention_ablation_gpu"):  # every swept preset builds a model
+        with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            sweep = hydra.compose(config_name="train", overrides=[f"experiment={kind}"], return_hydra_config=True)
+        for preset in sweep.hydra.sweeper.params["attention"].split(","):
+            model_cfg, _, _ = configs_from(compose([f"experiment={kind}", f"attention={preset}"]))
+            Transformer(replace(model_cfg, vocab_size=256))
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")

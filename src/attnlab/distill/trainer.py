@@ -165,10 +165,7 @@ def _fit(student: Transformer, extra: nn.Module | None, corpus, model_cfg: Model
     last eval and the loop's tokens/s (on every rank)."""
     main, device, sharded = dist.is_main, dist.device, dist.mode == "fsdp"
     ckpt_dir = run_dir / "checkpoints"
-    if main:
-        ckpt.remove_stale_temps(ckpt_dir)
-    found = dist.checkpoint_to_resume(ckpt_dir, resume)
-    state = ckpt.load(found, map_location=device) if (found and not sharded) else None
+    found, state = ckpt.open_for_resume(ckpt_dir, resume, dist)
     if state is not None:
         student.load_state_dict(state["model"])
         if extra is not None:

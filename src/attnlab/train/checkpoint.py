@@ -192,3 +192,15 @@ def remove_stale_temps(ckpt_dir: str | os.PathLike) -> list[Path]:
             p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def open_for_resume(ckpt_dir: str | os.PathLike, resume: bool, dist) -> tuple[Path | None, dict | None]:
+    """Start of a (possibly resumed) run: rank 0 clears stale temporary saves, then the
+    checkpoint to resume (`Dist.checkpoint_to_resume`) and, for ``latest.pt`` (none / ddp),
+    its loaded state; FSDP states are loaded later, into the sharded model (`load_sharded`)."""
+    if dist.is_main:
+        remove_stale_temps(ckpt_dir)
+    found = dist.checkpoint_to_resume(ckpt_dir, resume)
+    state = load(found, map_location=dist.device) if (found and dist.mode != "fsdp") else None
+    return found, state
+

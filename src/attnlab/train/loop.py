@@ -170,10 +170,7 @@ def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume: bool, c
         torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # own dropout stream per rank
     sharded = dist.mode == "fsdp"
     ckpt_dir = run_dir / "checkpoints"
-    if main:
-        ckpt.remove_stale_temps(ckpt_dir)
-    found = dist.checkpoint_to_resume(ckpt_dir, resume)
-    state = ckpt.load(found, map_location=device) if (found and not sharded) else None
+    found, state = ckpt.open_for_resume(ckpt_dir, resume, dist)
     if state is not None:
         model.load_state_dict(state["model"])
     train_model = dist.wrap(model)  # DDP: a wrapper; FSDP2: `model` itself, sharded in place

@@ -252,3 +252,26 @@ def test_one_cu_seqlens_tensor_gives_one_doc_ids_tensor():
         resolve_documents(cu_seqlens=cu, n_q=8, n_k=8)
     other = resolve_documents(cu_seqlens=torch.tensor([0, 3, 8]), n_q=8, n_k=8)
     assert other is not first and other.tolist() == [[0, 0, 0, 1, 1, 1, 1, 1]]
+
+
+def test_flex_builds_one_document_block_mask_per_cu_seqlens_tensor(monkeypatch):
+    """A model passes the same cu_seqlens to every layer: FlexAttention's document block mask
+    is built once for it, not once per call."""
+    from attnlab.attention import torch_impls
+
+    builds = []
+    real = torch_impls._mask_mod
+
+    def counting(*args, **kw):
+        builds.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(torch_impls, "_mask_mod", counting)
+    q, k, v = make_qkv(1, 2, 2, 32, 32, 8)
+    spec = AttentionSpec(causal=True)
+    cu = torch.tensor([0, 9, 32])
+    outs = [attention(q, k, v, spec, impl="flex", cu_seqlens=cu) for _ in range(3)]
+    assert len(builds) == 1
+    attention(q, k, v, spec, impl="flex", cu_seqlens=torch.tensor([0, 9, 32]))  # another tensor: built again
+    assert len(builds) == 2
+    assert all(torch.equal(o, outs[0]) for o in outs)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # pragma: no cover - e.g. platforms without directory fds
@@ -28,7 +29,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Write `path` all or nothing: ``write(f)`` fills a temp file ``.<name>.*.tmp`` beside it,
+    which is fsynced and renamed over `path`. Returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -41,11 +44,12 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
+    return path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
@@ -55,7 +59,7 @@ def atomic_write_json(path: Path, obj: dict) -> None:
 def atomic_write_array(path: Path, array: np.ndarray) -> None:
     """Raw little-endian array bytes, readable with :func:`open_memmap`."""
     array = np.ascontiguousarray(array)
-    _atomic_write(
+    atomic_write(
         path, lambda f: f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
     )
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -32,12 +31,7 @@ from attnlab.distill.trainer import distill
 from attnlab.model import ModelConfig
 from attnlab.paths import CONF_DIR
 from attnlab.train import checkpoint as ckpt
-from attnlab.train.__main__ import (
-    _agree_on_run_dir,
-    _quiet_other_ranks,
-    already_complete,
-    config_hash,
-)
+from attnlab.train.__main__ import _quiet_other_ranks, open_run
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import Dist, setup, world_size_from_env
 from attnlab.train.loop import check_world_size
@@ -70,14 +64,8 @@ def main(cfg: DictConfig) -> None:
 
 def _run(cfg: DictConfig, model_cfg, data_cfg, distill_cfg, train_cfg, dist: Dist) -> None:
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    if dist.active:
-        run_dir = _agree_on_run_dir(run_dir, dist)
-    record = OmegaConf.to_container(cfg, resolve=True)
-    record["config_hash"] = digest = config_hash(record)
-    if already_complete(run_dir, digest):
-        if dist.is_main:
-            print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
+    run_dir, record, _, done = open_run(cfg, dist)
+    if done:
         return
     if dist.is_main:
         (run_dir / "error.txt").unlink(missing_ok=True)

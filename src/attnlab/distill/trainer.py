@@ -57,6 +57,7 @@ from attnlab.train.loop import (
     _set_rng,
     _truncate_log,
     check_world_size,
+    end_of_step,
     evaluate,
     peak_memory_mib,
 )
@@ -241,17 +242,8 @@ def _fit(student: Transformer, extra: nn.Module | None, corpus, model_cfg: Model
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{last['train_loss']:.3f}")
-        final = done == cfg.steps
-        if (cfg.log_every and done % cfg.log_every == 0) or final:
-            logger.log(dict(last, kind="train"))
-        if (cfg.eval_every and done % cfg.eval_every == 0) or final:
-            logger.log(dict(step=done, kind="eval", **evaluate(student, corpus, model_cfg, cfg, device, autocast, dist)))
-        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or final or done == cfg.stop_at:
-            save(done)
-        if done == cfg.stop_at and not final:
-            if bar is not None:
-                bar.close()
-            logger.close()
+        if end_of_step(done, last, cfg, logger, bar, save,
+                       lambda: evaluate(student, corpus, model_cfg, cfg, device, autocast, dist)):
             return {"stopped": done}
     if bar is not None:
         bar.close()

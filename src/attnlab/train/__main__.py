@@ -137,6 +137,21 @@ def _agree_on_run_dir(own: Path, dist: Dist) -> Path:
     return run_dir
 
 
+def open_run(cfg: DictConfig, dist: Dist) -> tuple[Path, dict, str, bool]:
+    """Start of a training or distillation job: (run dir, resolved config record with its
+    ``config_hash``, the hash, done?). Every rank takes rank 0's run dir; done = the dir already
+    holds a complete run of this config (rank 0 says so), so the job is skipped."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if dist.active:
+        run_dir = _agree_on_run_dir(run_dir, dist)
+    record = OmegaConf.to_container(cfg, resolve=True)
+    record["config_hash"] = digest = config_hash(record)
+    done = already_complete(run_dir, digest)
+    if done and dist.is_main:
+        print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
+    return run_dir, record, digest, done
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Returns the run's final val bpb (val loss for MLM): the objective of hparams_search sweeps."""
@@ -174,14 +189,8 @@ def _objective(metrics: dict) -> float | None:
 
 def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist) -> float | None:
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    if dist.active:
-        run_dir = _agree_on_run_dir(run_dir, dist)
-    record = OmegaConf.to_container(cfg, resolve=True)
-    record["config_hash"] = digest = config_hash(record)
-    if already_complete(run_dir, digest):
-        if dist.is_main:
-            print(f"skip: {run_dir} already holds a complete run of this config ({digest})")
+    run_dir, record, digest, done = open_run(cfg, dist)
+    if done:
         return _objective(json.loads((run_dir / "metrics.json").read_text()))
     if hydra_cfg.mode == RunMode.MULTIRUN and train_cfg.wandb_group is None:
         train_cfg.wandb_group = Path(hydra_cfg.sweep.dir).name  # wandb groups a sweep's runs

@@ -28,43 +28,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnlab.data.cache import atomic_write, fsync_dir
+
 LATEST = "latest.pt"
 SHARDED_POINTER = "latest_dcp.json"
 EXTRA = "extra.pt"
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    return _atomic_write(Path(path), lambda f: f.write(text.encode()))
+    return atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)``, all or nothing."""
-    return _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    return atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 def rng_states() -> dict:
@@ -111,7 +88,7 @@ def save_sharded(state: dict, extra: dict, ckpt_dir: str | os.PathLike, step: in
         if final.exists():  # left by a run killed before it moved the pointer: not referenced
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
         atomic_write_text(json.dumps({"step": step, "dir": final.name}), ckpt_dir / SHARDED_POINTER)
         for old in ckpt_dir.glob("step_*.dcp"):
             if old != final:

@@ -110,6 +110,26 @@ def evaluate(model, corpus, model_cfg, cfg: TrainConfig, device, autocast, dist:
     return out
 
 
+def end_of_step(done: int, record: dict, cfg: TrainConfig, logger, bar, save, evaluate_now) -> bool:
+    """Bookkeeping after optimizer step `done`, shared by training and distillation: log the
+    train `record`, evaluate (``evaluate_now()`` -> metrics) and checkpoint (``save(done)``) on
+    their schedules and at the last step. True when the run stops here (``train.stop_at``),
+    with the progress bar and logger closed."""
+    final = done == cfg.steps
+    if (cfg.log_every and done % cfg.log_every == 0) or final:
+        logger.log(dict(record, kind="train"))
+    if (cfg.eval_every and done % cfg.eval_every == 0) or final:
+        logger.log(dict(step=done, kind="eval", **evaluate_now()))
+    if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or final or done == cfg.stop_at:
+        save(done)
+    if done == cfg.stop_at and not final:
+        if bar is not None:
+            bar.close()
+        logger.close()
+        return True
+    return False
+
+
 def check_against_corpus(model_cfg: ModelConfig, data_cfg: DataConfig, corpus) -> ModelConfig:
     """Fill `model.vocab_size` from the tokenizer and check the sizes that need the corpus."""
     if model_cfg.vocab_size is None:
@@ -272,17 +292,8 @@ def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume: bool, c
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:,.0f}")
-        final = done == cfg.steps
-        if (cfg.log_every and done % cfg.log_every == 0) or final:
-            logger.log(dict(last, kind="train"))
-        if (cfg.eval_every and done % cfg.eval_every == 0) or final:
-            logger.log(dict(step=done, kind="eval", **evaluate(model, corpus, model_cfg, cfg, device, autocast, dist)))
-        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or final or done == cfg.stop_at:
-            save(done)
-        if done == cfg.stop_at and not final:
-            if bar is not None:
-                bar.close()
-            logger.close()
+        if end_of_step(done, last, cfg, logger, bar, save,
+                       lambda: evaluate(model, corpus, model_cfg, cfg, device, autocast, dist)):
             return {"status": "stopped", "step": done}
     if bar is not None:
         bar.close()

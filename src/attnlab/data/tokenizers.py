@@ -66,7 +66,34 @@ def _bytes_to_unicode() -> dict[int, str]:
 _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 
 
-class BPETokenizer:
+class ByteTableTokenizer:
+    """Shared half of the BPE tokenizers (ours and GGUF's): subclasses give ``vocab_size``,
+    ``encode`` and ``_token_bytes`` (the exact bytes of every token id); this gives token
+    arrays, decoding and per-token byte lengths (for bits per byte)."""
+
+    vocab_size: int
+    _token_bytes: list[bytes]
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_array(self, text: str) -> np.ndarray:
+        dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
+        return np.asarray(self.encode(text), dtype=dtype)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.token_bytes_of(ids).decode("utf-8", errors="replace")
+
+    def token_bytes_of(self, ids: Iterable[int]) -> bytes:
+        """The exact bytes a sequence of token ids stands for."""
+        table = self._token_bytes
+        return b"".join(table[int(i)] for i in ids)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        return np.array([len(b) for b in self._token_bytes], dtype=np.int64)
+
+
+class BPETokenizer(ByteTableTokenizer):
     """Byte-level BPE backed by a ``tokenizers.Tokenizer``. Build it with :func:`train_bpe`
     or :meth:`from_json`."""
 
@@ -96,18 +123,6 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text).ids
 
-    def encode_array(self, text: str) -> np.ndarray:
-        dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
-        return np.asarray(self.encode(text), dtype=dtype)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.token_bytes_of(ids).decode("utf-8", errors="replace")
-
-    def token_bytes_of(self, ids: Iterable[int]) -> bytes:
-        """The exact bytes a sequence of token ids stands for."""
-        table = self._token_bytes
-        return b"".join(table[int(i)] for i in ids)
-
     @cached_property
     def _token_bytes(self) -> list[bytes]:
         table = []
@@ -115,9 +130,6 @@ class BPETokenizer:
             token = self._backend.id_to_token(i)
             table.append(bytes(_UNICODE_TO_BYTE[c] for c in token))
         return table
-
-    def token_byte_lengths(self) -> np.ndarray:
-        return np.array([len(b) for b in self._token_bytes], dtype=np.int64)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self._json.encode("utf-8")).hexdigest()[:16]

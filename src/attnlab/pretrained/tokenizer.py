@@ -23,12 +23,10 @@ not spell it).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 
-import numpy as np
-
-from attnlab.data.tokenizers import _UNICODE_TO_BYTE
+from attnlab.data.tokenizers import _UNICODE_TO_BYTE, ByteTableTokenizer
 
 CONTROL = 3  # llama.cpp token type of special tokens
 # llama.cpp pre-tokenizers that split every digit before the GPT-2 regex (llama-vocab.cpp).
@@ -36,7 +34,7 @@ DIGIT_SPLIT_PRE = ("smollm", "starcoder", "refact", "command-r", "codeshell", "e
 GPT2_PRE = ("gpt2", "default", "mpt", "olmo", "jais", "trillion")
 
 
-class GGUFTokenizer:
+class GGUFTokenizer(ByteTableTokenizer):
     """A GGUF file's byte-level BPE tokenizer. Build it with :meth:`from_metadata`."""
 
     name = "gguf"
@@ -91,18 +89,6 @@ class GGUFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text, add_special_tokens=False).ids
 
-    def encode_array(self, text: str) -> np.ndarray:
-        dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
-        return np.asarray(self.encode(text), dtype=dtype)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.token_bytes_of(ids).decode("utf-8", errors="replace")
-
-    def token_bytes_of(self, ids: Iterable[int]) -> bytes:
-        """The exact bytes a sequence of token ids stands for."""
-        table = self._token_bytes
-        return b"".join(table[int(i)] for i in ids)
-
     @cached_property
     def _token_bytes(self) -> list[bytes]:
         table = []
@@ -112,9 +98,6 @@ class GGUFTokenizer:
             else:
                 table.append(tok.encode("utf-8"))
         return table
-
-    def token_byte_lengths(self) -> np.ndarray:
-        return np.array([len(b) for b in self._token_bytes], dtype=np.int64)
 
     @cached_property
     def _digest(self) -> str:

@@ -16,6 +16,7 @@ import torch
 from attnlab.kernels.flash import block_sparse_attention, compress_layout
 from attnlab.kernels.flash.backward import _SPARSE_DKDV_CONFIGS, _SPARSE_DQ_CONFIGS, flash_bwd
 from attnlab.kernels.flash.forward import _SPARSE_FWD_CONFIGS, flash_fwd
+from kernel_testing import check, reference_and_lowp
 
 from attnlab.attention import AttentionSpec, attention
 
@@ -34,32 +35,6 @@ def token_mask(lay, bs, n, causal, wl, device):
         ok &= j >= i - wl
     lay = lay.to(device)
     return ok & lay.repeat_interleave(bs, 1).repeat_interleave(bs, 2)[:, :n, :n]
-
-
-def reference_and_lowp(q, k, v, do, allowed):
-    """(fp32 reference, PyTorch-in-q.dtype) [out, dq, dk, dv]; empty rows -> 0."""
-    results = []
-    group = q.shape[1] // k.shape[1]
-    has_key = allowed.any(-1, keepdim=True)  # [H, N, 1]
-    for dtype in (torch.float32, q.dtype):
-        qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
-        s = (qq @ kk.repeat_interleave(group, 1).transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        s = s.masked_fill(~allowed, float("-inf")).masked_fill(~has_key, 0.0)
-        out = (torch.softmax(s, -1) * has_key) @ vv.repeat_interleave(group, 1)
-        results.append([out, *torch.autograd.grad(out, (qq, kk, vv), do.to(dtype))])
-        del s
-    return results
-
-
-def check(got, ref, lowp, names=("out", "dq", "dk", "dv")):
-    for name, g, r, t in zip(names, got, ref, lowp, strict=True):
-        assert not torch.isnan(g).any(), f"{name}: NaN"
-        g, r, t = g.float(), r.float(), t.float()
-        ulps = 2 * (r + 0.3 - 0.3 - r).abs().max().item() + 1e-4
-        err, torch_err = (g - r).abs().max().item(), (t - r).abs().max().item()
-        assert err <= 2 * torch_err + ulps, (
-            f"{name}: max|diff| {err:.3e} > 2 * {torch_err:.3e} + {ulps:.1e}"
-        )
 
 
 def inputs(b, hq, hkv, n, d, dtype, seed=0):

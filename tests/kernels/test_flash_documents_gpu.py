@@ -16,6 +16,7 @@ import torch
 from attnlab.kernels.flash import document_bounds
 from attnlab.kernels.flash.backward import _DKDV_CONFIGS, _DQ_CONFIGS, flash_bwd
 from attnlab.kernels.flash.forward import _FWD_CONFIGS, flash_fwd
+from kernel_testing import check, reference_and_lowp
 
 from attnlab.attention import AttentionSpec, attention
 
@@ -33,30 +34,6 @@ def packed_doc_ids(n, lengths, batch):
             doc, i = doc + 1, i + 1
         rows.append(ids[:n])
     return torch.tensor(rows, dtype=torch.int32, device="cuda")
-
-
-def reference_and_lowp(q, k, v, do, allowed):
-    """(fp32 reference, PyTorch-in-q.dtype) [out, dq, dk, dv]; allowed [B, H or 1, N, N]."""
-    results = []
-    group = q.shape[1] // k.shape[1]
-    has_key = allowed.any(-1, keepdim=True)
-    for dtype in (torch.float32, q.dtype):
-        qq, kk, vv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
-        s = (qq @ kk.repeat_interleave(group, 1).transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        s = s.masked_fill(~allowed, float("-inf")).masked_fill(~has_key, 0.0)
-        out = (torch.softmax(s, -1) * has_key) @ vv.repeat_interleave(group, 1)
-        results.append([out, *torch.autograd.grad(out, (qq, kk, vv), do.to(dtype))])
-        del s
-    return results
-
-
-def check(got, ref, lowp, names=("out", "dq", "dk", "dv")):
-    for name, g, r, t in zip(names, got, ref, lowp, strict=True):
-        assert not torch.isnan(g).any(), f"{name}: NaN"
-        g, r, t = g.float(), r.float(), t.float()
-        ulps = 2 * (r + 0.3 - 0.3 - r).abs().max().item() + 1e-4
-        err, torch_err = (g - r).abs().max().item(), (t - r).abs().max().item()
-        assert err <= 2 * torch_err + ulps, f"{name}: max|diff| {err:.3e} > 2 * {torch_err:.3e} + {ulps:.1e}"
 
 
 def inputs(b, hq, hkv, n, d, dtype, seed=0):

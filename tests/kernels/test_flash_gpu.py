@@ -14,6 +14,7 @@ import torch
 from attnlab.kernels.flash import common, flash_attention
 from attnlab.kernels.flash.backward import _DKDV_CONFIGS, _DQ_CONFIGS, flash_bwd
 from attnlab.kernels.flash.forward import _FWD_CONFIGS, flash_fwd
+from kernel_testing import check
 
 pytestmark = pytest.mark.gpu
 
@@ -62,17 +63,6 @@ def reference_and_lowp(q, k, v, do, allowed):
         grads = torch.autograd.grad(out, (qq, kk, vv), do.to(dtype))
         results.append([out, *grads])
     return results
-
-
-def check(got, ref, lowp, names=("out", "dq", "dk", "dv")):
-    for name, g, r, t in zip(names, got, ref, lowp, strict=True):
-        assert not torch.isnan(g).any(), f"{name}: NaN"
-        g, r, t = g.float(), r.float(), t.float()
-        ulps = 2 * (r + 0.3 - 0.3 - r).abs().max().item() + 1e-4
-        err, torch_err = (g - r).abs().max().item(), (t - r).abs().max().item()
-        assert err <= 2 * torch_err + ulps, (
-            f"{name}: max|diff| {err:.3e} > 2 * {torch_err:.3e} + {ulps:.1e}"
-        )
 
 
 def inputs(b, hq, hkv, n_q, n_k, d, dtype, seed=0):

@@ -49,8 +49,7 @@ def main(cfg: DictConfig) -> None:
     try:
         rows = run_benchmark(bench_cfg, log=lambda line: print(line, file=sys.stderr, flush=True), on_row=save)
     except KeyboardInterrupt:  # Ctrl-C or a time limit (SIGINT): report the cases measured so far
-        total = len(bench_cfg.all_impls) * len(bench_cfg.named_specs) * len(bench_cfg.dtypes) * \
-            len(bench_cfg.head_dims) * len(bench_cfg.seq_lens) * len(bench_cfg.modes)
+        total = bench_cfg.num_cases
         print(f"interrupted after {len(so_far)} of {total} cases; reporting those", file=sys.stderr)
         _report(bench_cfg, list(so_far), env, out_dir, note=f"Interrupted: {len(so_far)} of {total} cases ran.")
         raise SystemExit(130) from None

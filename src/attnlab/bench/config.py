@@ -225,6 +225,12 @@ class BenchConfig:
         """Impls measured: ``impls`` then any baseline not already in it."""
         return tuple(dict.fromkeys((*self.impls, *self.ratio_baselines)))
 
+    @property
+    def num_cases(self) -> int:
+        """Rows of the grid: impls x specs x dtypes x head dims x seq lens x modes."""
+        return math.prod(map(len, (self.all_impls, self.named_specs, self.dtypes, self.head_dims, self.seq_lens,
+                                   self.modes)))
+
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")

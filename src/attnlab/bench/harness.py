@@ -345,7 +345,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] | None = None,
                 _run_case(row, spec, cfg, device, docs)
                 rows.append(row)
                 if log is not None:
-                    log(_progress_line(len(rows), len(cases) * len(impls), row))
+                    log(_progress_line(len(rows), cfg.num_cases, row))
                 if on_row is not None:
                     add_speedups(rows, cfg.ratio_baselines)
                     on_row(rows)

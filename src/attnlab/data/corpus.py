@@ -180,6 +180,8 @@ class Corpus:
     validation set), ``cache_paths``, ``from_cache`` (the token arrays were reused).
     """
 
+    is_task = False  # a corpus of text, not a synthetic recall task (attnlab.data.recall)
+
     def __init__(
         self,
         config: DataConfig,
@@ -338,8 +340,13 @@ class Corpus:
         )
 
 
-def build_data(cfg: DataConfig) -> Corpus:
-    """Read, split and tokenize ``cfg``'s corpus (token arrays cached on disk)."""
+def build_data(cfg: DataConfig):
+    """Read, split and tokenize ``cfg``'s corpus (token arrays cached on disk) -> ``Corpus``;
+    a recall task's config (``attnlab.data.recall``) -> its ``RecallTask``."""
+    from attnlab.data.recall import TaskConfig, build_task
+
+    if isinstance(cfg, TaskConfig):
+        return build_task(cfg)
     if not isinstance(cfg, DataConfig):
         raise TypeError(f"build_data takes a DataConfig, got {type(cfg).__name__}")
     train, val = load_split(cfg)

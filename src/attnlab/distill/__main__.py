@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab.configs import from_dict
-from attnlab.data import DataConfig
+from attnlab.data import DataConfig, data_config_from_dict
 from attnlab.distill.config import DistillConfig
 from attnlab.distill.trainer import distill
 from attnlab.model import ModelConfig
@@ -40,7 +40,7 @@ from attnlab.train.loop import check_world_size
 def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, DistillConfig, TrainConfig]:
     """DictConfig -> the plain dataclasses (errors name the config key)."""
     c = OmegaConf.to_container(cfg, resolve=True)
-    return (from_dict(ModelConfig, c["model"], "model"), from_dict(DataConfig, c["data"], "data"),
+    return (from_dict(ModelConfig, c["model"], "model"), data_config_from_dict(c["data"], "data"),
             from_dict(DistillConfig, c["distill"], "distill"), from_dict(TrainConfig, c["train"], "train"))
 
 

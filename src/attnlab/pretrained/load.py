@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from attnlab.configs import from_dict
-from attnlab.data import ByteTokenizer, DataConfig, load_split, train_bpe
+from attnlab.data import ByteTokenizer, DataConfig, data_config_from_dict, load_split, train_bpe
 from attnlab.model import ModelConfig, Transformer
 from attnlab.pretrained.gguf_file import load_gguf, smollm2_gguf_path
 
@@ -87,13 +87,17 @@ def read_checkpoint_config(path: Path) -> tuple[ModelConfig, DataConfig, dict, d
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not an attnlab checkpoint (needs 'model' and 'config' entries)")
     record = state["config"]
-    return (from_dict(ModelConfig, record["model"], "model"), from_dict(DataConfig, record["data"], "data"),
+    return (from_dict(ModelConfig, record["model"], "model"), data_config_from_dict(record["data"], "data"),
             record, state)
 
 
 def checkpoint_tokenizer(data: DataConfig, cache_dir: Path | None = None):
     """The tokenizer an attnlab run trained with: byte, or its BPE (trained on that run's
-    train split; loaded from the cache when built before)."""
+    train split; loaded from the cache when built before); a recall task's own tokens."""
+    from attnlab.data.recall import TaskConfig, build_task
+
+    if isinstance(data, TaskConfig):
+        return build_task(data).tokenizer
     if data.tokenizer == "byte":
         return ByteTokenizer()
     train, _ = load_split(data)

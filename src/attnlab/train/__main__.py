@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from attnlab.attention import AttentionSpec
 from attnlab.configs import from_dict
-from attnlab.data import DataConfig, build_data
+from attnlab.data import DataConfig, build_data, data_config_from_dict
 from attnlab.model import ModelConfig
 from attnlab.paths import CONF_DIR
 from attnlab.train import checkpoint as ckpt
@@ -49,7 +49,7 @@ def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, TrainConfig]
     check_attention_specs(container["model"])
     return (
         from_dict(ModelConfig, container["model"], "model"),
-        from_dict(DataConfig, container["data"], "data"),
+        data_config_from_dict(container["data"], "data"),
         from_dict(TrainConfig, container["train"], "train"),
     )
 

@@ -72,6 +72,8 @@ def evaluate(model, corpus, model_cfg, cfg: TrainConfig, device, autocast, dist:
     Distributed: each rank scores its rows of every val batch (a rank without rows runs a
     dummy forward, which FSDP needs); the loss sums are reduced over ranks."""
     dist = dist or Dist()
+    if getattr(corpus, "is_task", False):
+        return evaluate_task(model, corpus, cfg, device, autocast)
     model.eval()
     byte_len = torch.as_tensor(corpus.tokenizer.token_byte_lengths(), dtype=torch.int64)
     total_loss, total_tokens, total_bytes = 0.0, 0, 0
@@ -110,6 +112,30 @@ def evaluate(model, corpus, model_cfg, cfg: TrainConfig, device, autocast, dist:
     return out
 
 
+@torch.no_grad()
+def evaluate_task(model, task, cfg: TrainConfig, device, autocast) -> dict:
+    """A recall task's fixed validation set (``attnlab.data.recall``): mean loss over answer
+    positions, ``val_accuracy`` (argmax == answer) and ``val_accuracy_by_distance``. Every rank
+    scores the whole (small) set, so distributed runs need no reduction."""
+    from attnlab.data.recall import AccuracyTally
+
+    model.eval()
+    tally = AccuracyTally(task.config.name)
+    total_loss, total = 0.0, 0
+    for i, (x, y, dist) in enumerate(task.val_set()):
+        if cfg.eval_batches is not None and i >= cfg.eval_batches:
+            break
+        x, y = x.to(device), y.to(device)
+        with autocast:
+            logits, loss = model(x, y)
+        n = int((y != -100).sum())
+        total_loss += float(loss) * n if n else 0.0
+        total += n
+        tally.add(logits.float(), y, dist)
+    model.train()
+    return {"val_loss": total_loss / max(total, 1), **tally.metrics()}
+
+
 def end_of_step(done: int, record: dict, cfg: TrainConfig, logger, bar, save, evaluate_now) -> bool:
     """Bookkeeping after optimizer step `done`, shared by training and distillation: log the
     train `record`, evaluate (``evaluate_now()`` -> metrics) and checkpoint (``save(done)``) on
@@ -139,6 +165,9 @@ def check_against_corpus(model_cfg: ModelConfig, data_cfg: DataConfig, corpus) -
             f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
             f"{corpus.tokenizer.vocab_size}; leave it null to take the tokenizer's"
         )
+    if getattr(corpus, "is_task", False) and model_cfg.objective != "causal":
+        raise ValueError(f"model.objective={model_cfg.objective!r}: recall tasks (data.name="
+                         f"{data_cfg.name!r}) train causal models; use model.objective=causal")
     if data_cfg.context > model_cfg.context:
         raise ValueError(f"data.context={data_cfg.context} exceeds model.context={model_cfg.context}")
     return model_cfg

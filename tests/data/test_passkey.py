@@ -75,7 +75,7 @@ def test_batches_are_a_function_of_seed_and_step():
 
 
 def test_validation_is_balanced_and_uses_the_held_out_plays():
-    cfg = PasskeyConfig(distances=(64, 128, 192), val_sequences=12, batch_size=5)
+    cfg = PasskeyConfig(distances=(64, 128, 192), context=256, val_sequences=12, batch_size=5)
     task = build_data(cfg)
     val = task.val_set()
     assert [len(b[0]) for b in val] == [5, 5, 2]
@@ -91,7 +91,7 @@ def test_validation_is_balanced_and_uses_the_held_out_plays():
 
 
 def test_accuracy_by_distance_reports_the_configured_distances():
-    task = build_data(data_config_from_dict({"name": "passkey", "distances": [70, 200], "val_sequences": 4}))
+    task = build_data(data_config_from_dict({"name": "passkey", "distances": [70, 200], "context": 256, "val_sequences": 4}))
     x, y, dist = task.val_set()[0]
     logits = torch.nn.functional.one_hot(y.clamp(min=0), 256).float()  # a perfect model
     tally = AccuracyTally("passkey")
@@ -103,8 +103,9 @@ def test_accuracy_by_distance_reports_the_configured_distances():
 @pytest.mark.parametrize("fields,key,allowed", [
     ({"digits": 0}, "digits", "[1, 20]"),
     ({"digits": True}, "digits", "[1, 20]"),
-    ({"distances": [300]}, "distances", "[59, 235]"),
-    ({"distances": [58]}, "distances", "[59, 235]"),
+    ({"distances": [108]}, "distances", "[59, 107]"),
+    ({"distances": [58]}, "distances", "[59, 107]"),
+    ({"distances": [236], "context": 256}, "distances", "[59, 235]"),
     ({"distances": [64, 64]}, "distances", "distinct"),
     ({"distances": []}, "distances", "non-empty"),
     ({"distances": "64"}, "distances", "list of integers"),
@@ -122,4 +123,4 @@ def test_bad_fields_are_named(fields, key, allowed):
 def test_distance_range_is_the_layout():
     low, high = distance_range(5, 256)
     assert (low, high) == (5 + len(SENTENCE_SUFFIX) + len(QUESTION), 257 - 5 - len(SENTENCE_PREFIX)) == (59, 235)
-    PasskeyConfig(distances=(low, high))  # both ends fit
+    PasskeyConfig(distances=(low, high), context=256)  # both ends fit

@@ -4,7 +4,7 @@
 from attnlab.data import build_data
 from attnlab.data.passkey import PasskeyConfig
 
-task = build_data(PasskeyConfig(distances=(64, 128, 192), context=256))
+task = build_data(PasskeyConfig(distances=(60, 80, 100), context=128))
 x, y = task.train_batch(step)              # int64 [B, T] bytes; y = -100 except at the digits
 for x, y, dist in task.val_set(): ...      # dist: the configured distance at each answer digit
 ```
@@ -33,8 +33,9 @@ validation set from the held-out plays; the validation set cycles through ``dist
 ``(seed, step)`` (train) or ``seed`` (validation), like the other recall tasks.
 
 The layout fits when ``digits + 15 + 39 <= d <= context + 1 - digits - 17`` (the sentence
-after the key, the question, and the sentence before it): e.g. ``d`` in ``[59, 235]`` for
-``digits=5, context=256``. `attnlab.eval` has the zero-shot version of this task for models
+after the key, the question, and the sentence before it): e.g. ``d`` in ``[59, 107]`` for
+``digits=5, context=128`` (the default and the small/recall models' context), ``[59, 235]`` for
+``context=256``. `attnlab.eval` has the zero-shot version of this task for models
 with a real tokenizer (``tasks=[passkey]``).
 """
 
@@ -70,8 +71,8 @@ class PasskeyConfig(TaskConfig):
 
     name: str = "passkey"
     digits: int = 5
-    distances: tuple[int, ...] = (64, 128, 192)
-    context: int = 256
+    distances: tuple[int, ...] = (60, 80, 100)
+    context: int = 128
 
     #: byte tokens (not a field: the filler is text)
     vocab_size: ClassVar[int] = 256

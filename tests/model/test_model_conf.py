@@ -14,11 +14,15 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 ATTENTIONS = sorted(p.stem for p in (CONF / "attention").glob("*.yaml"))
 
 
-def _compose(*overrides: str) -> ModelConfig:
+def _container(*overrides: str) -> dict:
     # No primary config (the jobs own theirs): append the two groups to an empty one.
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose(overrides=list(overrides))
-    container = OmegaConf.to_container(cfg.model, resolve=True)
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def _compose(*overrides: str) -> ModelConfig:
+    container = _container(*overrides)
     assert container["vocab_size"] is None  # filled from the tokenizer by the training job
     return ModelConfig.from_dict({**container, "vocab_size": 256})
 
@@ -31,7 +35,12 @@ def test_presets_and_layouts_exist():
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_combination_composes_and_builds(model, attention):
-    cfg = _compose(f"+model={model}", f"+attention={attention}")
+    container = _container(f"+model={model}", f"+attention={attention}")
+    if len(container["layer_pattern"]) > container["n_layers"]:  # e.g. the 4-entry hybrid on the 2-layer recall model
+        with pytest.raises(ValueError, match="layer_pattern has"):
+            ModelConfig.from_dict({**container, "vocab_size": 256})
+        return
+    cfg = ModelConfig.from_dict({**container, "vocab_size": 256})
     specs = cfg.layer_specs()
     assert len(specs) == cfg.n_layers and all(s.causal for s in specs)
     expected_kinds = {"dense": {"dense"}, "swa": {"sliding_window"}, "hybrid": {"sliding_window", "dense"},

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# experiments/lm_ablation: language-model quality where the window binds (CPU, ~2.5 h on 2 cores).
+# experiments/lm_ablation: language-model quality where the window binds (CPU, ~3.5 h on 2 cores).
 # 1. the sweep (conf/experiment/lm_ablation.yaml: small char model, context 256, 1500 steps;
 #    dense, swa32, swa (64), hybrid, random25, swa16, swa8 x seeds 0, 1, 2; completed runs are skipped on a rerun);
 # 2. on every run's final checkpoint: bits per byte by token position (how much context each

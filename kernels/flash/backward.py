@@ -17,6 +17,8 @@ walks skip tiles of other documents (dK/dV: query rows outside the key block's d
 
 With P = exp(S - LSE) recomputed from the saved LSE (S = scale * q kᵀ):
     dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dSᵀ Q.
+Soft-capping (S = c tanh(scale * q kᵀ / c)) multiplies dS by 1 - tanh²; sinks widen the block
+ranges like the forward (dK/dV: a key block holding sink keys is seen by every later row).
 Rows with LSE = -inf (no allowed key) are read as LSE = +inf so that P = 0 there.
 Shapes: q, dO, O ``[B, Hq, Nq, D]``; k, v ``[B, Hkv, Nk, D]``; LSE, delta ``[B, Hq, Nq]``.
 """
@@ -31,6 +33,7 @@ from . import common
 from .common import (
     LOG2E,
     alloc,
+    capped_scores,
     alloc_like,
     cdiv,
     dot_precision,
@@ -48,13 +51,13 @@ from .common import (
     window_bucket,
 )
 from .documents import DocumentBounds, no_documents_args
-from .forward import interpret_tiles
+from .forward import interpret_tiles, sink_softcap_args
 from .layout import BlockSparseIndex, check_tiles, dense_launch_args
 
 _LOG2E = tl.constexpr(LOG2E)
 _NO_SPECIALIZE = [
     "Nq", "Nk", "window_left", "window_right", "idx_head_stride", "lay_head_stride", "lay_kb",
-    "stride_docb", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY",
+    "stride_docb", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "sink",
 ]  # fmt: skip
 
 
@@ -102,6 +105,8 @@ def _dkdv_query_blocks(
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
     LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
+    sink, cap_in, cap_out,  # sinks / soft-cap (the kernel's arguments)
+    HAS_SINK: tl.constexpr, SINK_CAUSAL: tl.constexpr, SOFTCAP: tl.constexpr,
 ):  # fmt: skip
     for it in range(start, end, 1 if SPARSE else BLOCK_M):
         if SPARSE:
@@ -127,16 +132,23 @@ def _dkdv_query_blocks(
                 delta = tl.load(Delta_bh + rows)
             lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
             qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M] = Sᵀ/scale
+            if SOFTCAP:
+                s_t = capped_scores(qk_t, cap_in, cap_out)  # log2 domain
+            else:
+                s_t = qk_t * qk_scale
             if MASKED:
                 ok = pair_mask(rows[None, :], cols[:, None], Nq, Nk, window_left, window_right,
-                               Lay_h, lay_kb, DocStart_b, HAS_WL, HAS_WR, LAYOUT_MASK,
-                               LAYOUT_BLOCK, DOCS)  # fmt: skip
-                p_t = tl.math.exp2(tl.where(ok, qk_t * qk_scale, float("-inf")) - lse[None, :])
+                               Lay_h, lay_kb, DocStart_b, sink, HAS_WL, HAS_WR, LAYOUT_MASK,
+                               LAYOUT_BLOCK, DOCS, HAS_SINK, SINK_CAUSAL)  # fmt: skip
+                p_t = tl.math.exp2(tl.where(ok, s_t, float("-inf")) - lse[None, :])
             else:
-                p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])  # [BLOCK_N, BLOCK_M]
+                p_t = tl.math.exp2(s_t - lse[None, :])  # [BLOCK_N, BLOCK_M]
             dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
             ds_t = p_t * (dp_t - delta[None, :])
+            if SOFTCAP:  # d(c tanh(s / c)) / ds = 1 - tanh²
+                t_t = s_t / cap_out
+                ds_t = ds_t * (1.0 - t_t * t_t)
             dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
     return dk, dv
 
@@ -153,6 +165,7 @@ def _bwd_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn,
     Hq, Hkv, Nq, Nk,
     window_left, window_right, sm_scale, qk_scale,
+    sink, cap_in, cap_out,  # sinks: keys j < sink always visible; soft-cap: common.capped_scores
     idx_head_stride, lay_head_stride, lay_kb,  # sparse only (0 strides: one layout for all heads)
     DocStart, DocEnd, stride_docb,  # documents only: int32 [B or 1, Nk] (0 stride: shared ids)
     NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only
@@ -160,6 +173,7 @@ def _bwd_dkdv_kernel(
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
     LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
+    HAS_SINK: tl.constexpr, SINK_CAUSAL: tl.constexpr, SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     start_n = tl.program_id(0) * BLOCK_N
@@ -192,6 +206,17 @@ def _bwd_dkdv_kernel(
         start_n, Nq, Nk, window_left, window_right, DocStart_b, DocEnd_b,
         BLOCK_M, BLOCK_N, HAS_WL, HAS_WR, DOCS,
     )  # fmt: skip
+    if HAS_SINK:  # a block holding sink keys is seen by every row (at or after it when causal)
+        if start_n < sink:
+            sink_lo = Nq * 0
+            if SINK_CAUSAL:
+                sink_lo = tl.maximum(start_n - (Nk - Nq), 0) // BLOCK_M * BLOCK_M
+            lo = tl.minimum(lo, sink_lo)
+            # No full run ends the window's range at its (unaligned) hi: mask all of [lo, Nq).
+            no_full = mid_lo == hi
+            mid_lo = tl.where(no_full, lo, mid_lo)
+            mid_hi = tl.where(no_full, lo, mid_hi)
+            hi = Nq + 0
     doc_lo = Nq * 0  # sparse: query rows [doc_lo, doc_hi) lie in this key block's documents
     doc_hi = Nq + 0
     if SPARSE:
@@ -215,6 +240,7 @@ def _bwd_dkdv_kernel(
                 DocStart_b, doc_lo, doc_hi,
                 True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
                 SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+                sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
             )  # fmt: skip
             dk, dv = _dkdv_query_blocks(  # full blocks: masked only with documents
                 dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
@@ -223,6 +249,7 @@ def _bwd_dkdv_kernel(
                 DocStart_b, doc_lo, doc_hi,
                 DOCS, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
                 SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+                sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
             )  # fmt: skip
         else:  # edge blocks, full blocks (no element mask), edge blocks
             dk, dv = _dkdv_query_blocks(
@@ -232,6 +259,7 @@ def _bwd_dkdv_kernel(
                 DocStart_b, lo, hi,
                 True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
                 SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+                sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
             )  # fmt: skip
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
@@ -240,6 +268,7 @@ def _bwd_dkdv_kernel(
                 DocStart_b, lo, hi,
                 False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
                 SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+                sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
             )  # fmt: skip
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, Q_bh, DO_bh, Lse + row0, Delta + row0, q_tile, do_tile,
@@ -248,6 +277,7 @@ def _bwd_dkdv_kernel(
                 DocStart_b, lo, hi,
                 True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_M, UPCAST, DOT_PREC,
                 SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+                sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
             )  # fmt: skip
 
     dk = dk * sm_scale
@@ -276,6 +306,8 @@ def _dq_key_blocks(
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
     LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
+    sink, cap_in, cap_out,  # sinks / soft-cap (the kernel's arguments)
+    HAS_SINK: tl.constexpr, SINK_CAUSAL: tl.constexpr, SOFTCAP: tl.constexpr,
 ):  # fmt: skip
     for it in range(start, end, 1 if SPARSE else BLOCK_N):
         if SPARSE:
@@ -294,15 +326,22 @@ def _dq_key_blocks(
             v = load_tile(V_bh + start64 * stride_vn + v_tile, cols, Nk, offs_d,
                           HEAD_DIM, BLOCK_D, MASKED, UPCAST)  # fmt: skip
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
+            if SOFTCAP:
+                sc = capped_scores(qk, cap_in, cap_out)  # log2 domain
+            else:
+                sc = qk * qk_scale
             if MASKED:
                 ok = pair_mask(rows[:, None], cols[None, :], Nq, Nk, window_left, window_right,
-                               Lay_h, lay_kb, DocStart_b, HAS_WL, HAS_WR, LAYOUT_MASK,
-                               LAYOUT_BLOCK, DOCS)  # fmt: skip
-                p = tl.math.exp2(tl.where(ok, qk * qk_scale, float("-inf")) - lse[:, None])
+                               Lay_h, lay_kb, DocStart_b, sink, HAS_WL, HAS_WR, LAYOUT_MASK,
+                               LAYOUT_BLOCK, DOCS, HAS_SINK, SINK_CAUSAL)  # fmt: skip
+                p = tl.math.exp2(tl.where(ok, sc, float("-inf")) - lse[:, None])
             else:
-                p = tl.math.exp2(qk * qk_scale - lse[:, None])
+                p = tl.math.exp2(sc - lse[:, None])
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
             ds = p * (dp - delta[:, None])
+            if SOFTCAP:  # d(c tanh(s / c)) / ds = 1 - tanh²
+                t = sc / cap_out
+                ds = ds * (1.0 - t * t)
             dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
     return dq
 
@@ -318,6 +357,7 @@ def _bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqn,
     Hq, Hkv, Nq, Nk,
     window_left, window_right, sm_scale, qk_scale,
+    sink, cap_in, cap_out,  # sinks: keys j < sink always visible; soft-cap: common.capped_scores
     idx_head_stride, lay_head_stride, lay_kb,  # sparse only (0 strides: one layout for all heads)
     DocStart, DocEnd, stride_docb,  # documents only: int32 [B or 1, Nk] (0 stride: shared ids)
     NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only
@@ -325,6 +365,7 @@ def _bwd_dq_kernel(
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
     LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
+    HAS_SINK: tl.constexpr, SINK_CAUSAL: tl.constexpr, SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M  # heavy blocks first
@@ -375,6 +416,7 @@ def _bwd_dq_kernel(
             Idx, Lay_h, lay_kb, DocStart_b, doc_lo, doc_hi,
             True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
             SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
         dq = _dq_key_blocks(  # full blocks: masked only with documents
             dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
@@ -382,18 +424,30 @@ def _bwd_dq_kernel(
             Idx, Lay_h, lay_kb, DocStart_b, doc_lo, doc_hi,
             DOCS, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
             DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
     else:  # edge blocks, full blocks (no element mask), edge blocks
         lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
             start_m, Nq, Nk, window_left, window_right, DocStart_b, DocEnd_b,
             BLOCK_M, BLOCK_N, HAS_WL, HAS_WR, DOCS,
         )  # fmt: skip
+        if HAS_SINK:  # sink keys left of the window's range: masked blocks [0, lo)
+            sink_hi = tl.minimum((sink + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo)
+            dq = _dq_key_blocks(
+                dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
+                rows, offs_n, offs_d, lo * 0, sink_hi, Nq, Nk, window_left, window_right, qk_scale,
+                Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
+                True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+                sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
+            )  # fmt: skip
         dq = _dq_key_blocks(
             dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
             rows, offs_n, offs_d, lo, mid_lo, Nq, Nk, window_left, window_right, qk_scale,
             Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
             True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
             SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
         dq = _dq_key_blocks(
             dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
@@ -401,6 +455,7 @@ def _bwd_dq_kernel(
             Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
             False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
             SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
         dq = _dq_key_blocks(
             dq, q, do, lse, delta, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn,
@@ -408,6 +463,7 @@ def _bwd_dq_kernel(
             Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
             True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
             SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
 
     dq = dq * sm_scale
@@ -488,7 +544,10 @@ def _make_prune(fits):
 
 
 def _autotuned(kernel, configs, fits, extra_key=()):
-    key = ["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS", *extra_key]
+    key = [
+        "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS",
+        "HAS_SINK", "SINK_CAUSAL", "SOFTCAP", *extra_key,
+    ]  # fmt: skip
     return common.autotuned(kernel, configs, key, _make_prune(fits))
 
 
@@ -524,13 +583,16 @@ def flash_bwd(
     configs: tuple[tuple[int, int, int, int], tuple[int, int, int, int]] | None = None,
     sparse: BlockSparseIndex | None = None,
     docs: DocumentBounds | None = None,
+    sink: int = 0,
+    sink_causal: bool = False,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the three backward kernels; returns dq, dk, dv in the input dtypes.
 
     On CUDA: autotuned, or fixed configs when ``autotune=False``, or ``configs`` =
     (dkdv_config, dq_config), each (BLOCK_M, BLOCK_N, num_warps, num_stages), when given.
     ``sparse``: the compressed block-sparse layout the forward used (CSC for dK/dV, CSR for dQ).
-    ``docs``: the document bounds the forward used.
+    ``docs``, ``sink``, ``sink_causal``, ``softcap``: as the forward used them.
     """
     batch, hq, n_q, head_dim = q.shape
     _, hkv, n_k, _ = k.shape
@@ -559,6 +621,7 @@ def flash_bwd(
         HAS_WL=window_left is not None, HAS_WR=window_right is not None,
         UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
         **(docs.launch_args() if docs else no_documents_args(delta)),
+        **sink_softcap_args(scale, sink, sink_causal, softcap),
     )  # fmt: skip
     # Index-list pointers go positionally (they follow the outputs in the kernel signature).
     dkdv_ptrs, dkdv_kw = _split_ptrs(
@@ -599,9 +662,10 @@ def flash_bwd(
         dq_cands = [configs[1]] if configs else _fitting(dq_list, _dq_fits, block_d, elem, g)
         launch_fixed(
             _bwd_dkdv_kernel, dkdv_grid, dkdv_args, dkdv_common, dkdv_cands,
-            ("dkdv", block_d, elem, configs, g),
+            ("dkdv", block_d, elem, configs, g, sink > 0, softcap is not None),
         )  # fmt: skip
         launch_fixed(
-            _bwd_dq_kernel, dq_grid, dq_args, dq_common, dq_cands, ("dq", block_d, elem, configs, g)
+            _bwd_dq_kernel, dq_grid, dq_args, dq_common, dq_cands,
+            ("dq", block_d, elem, configs, g, sink > 0, softcap is not None),
         )
     return dq, dk, dv

@@ -212,21 +212,38 @@ def pair_mask(
     Lay_h,  # int8 [Mb, Kb] layout of this head (only read when LAYOUT_MASK)
     lay_kb,  # Kb: layout blocks per key row
     DocStart_b,  # int32 [Nk] document starts of this batch row (only read when DOCS)
+    sink,  # keys j < sink are always allowed (only read when HAS_SINK)
     HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
     LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
+    HAS_SINK: tl.constexpr, SINK_CAUSAL: tl.constexpr,
 ):  # fmt: skip
     """Element mask of a masked block: ``allowed_pairs`` and, when the layout is finer than the
     index block (LAYOUT_MASK), the layout bit of each pair's (query block, key block); with
-    DOCS, query and key in one document (their document starts are equal)."""
+    HAS_SINK, OR the sink pairs ``j < sink`` (``j <= p`` too when SINK_CAUSAL); with DOCS, query
+    and key in one document (their document starts are equal)."""
     ok = allowed_pairs(q_idx, k_idx, Nq, Nk, window_left, window_right, HAS_WL, HAS_WR)
     if LAYOUT_MASK:
         offs = (q_idx // LAYOUT_BLOCK).to(tl.int64) * lay_kb + k_idx // LAYOUT_BLOCK
         ok = ok & (tl.load(Lay_h + offs, mask=ok, other=0) != 0)
+    if HAS_SINK:
+        in_sink = (q_idx < Nq) & (k_idx < Nk) & (k_idx < sink)
+        if SINK_CAUSAL:
+            in_sink = in_sink & (k_idx <= q_idx + (Nk - Nq))
+        ok = ok | in_sink
     if DOCS:  # loads of broadcastable shapes: one id per row, one per key
         q_doc = tl.load(DocStart_b + (q_idx + (Nk - Nq)), mask=q_idx < Nq, other=-1)
         k_doc = tl.load(DocStart_b + k_idx, mask=k_idx < Nk, other=-2)
         ok = ok & (q_doc == k_doc)
     return ok
+
+
+@triton.jit
+def capped_scores(qk, cap_in, cap_out):
+    """Soft-capped scores in the log2 domain: ``cap_out * tanh(qk * cap_in)`` with
+    ``cap_in = scale / c`` and ``cap_out = c * log2(e)``. tanh(x) = 1 - 2 / (exp(2x) + 1)
+    (exact at both tails: exp overflow gives 1, underflow -1)."""
+    t = 1.0 - 2.0 / (tl.math.exp2(qk * (cap_in * 2.8853900817779268)) + 1.0)  # 2 * log2(e)
+    return t * cap_out
 
 
 @triton.jit

@@ -27,6 +27,7 @@ from . import common
 from .common import (
     LOG2E,
     alloc,
+    capped_scores,
     alloc_like,
     cdiv,
     dot_precision,
@@ -48,7 +49,7 @@ from .layout import BlockSparseIndex, check_tiles, dense_launch_args
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): LSE back from the log2 domain
 _NO_SPECIALIZE = [
     "Nq", "Nk", "window_left", "window_right", "idx_head_stride", "lay_head_stride", "lay_kb",
-    "stride_docb", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY",
+    "stride_docb", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "sink",
 ]  # fmt: skip
 
 
@@ -72,6 +73,8 @@ def _fwd_key_blocks(
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
     LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
+    sink, cap_in, cap_out,  # sinks / soft-cap (the kernel's arguments)
+    HAS_SINK: tl.constexpr, SINK_CAUSAL: tl.constexpr, SOFTCAP: tl.constexpr,
 ):  # fmt: skip
     for it in range(start, end, 1 if SPARSE else BLOCK_N):
         if SPARSE:
@@ -90,13 +93,21 @@ def _fwd_key_blocks(
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N] fp32
             if MASKED:
                 ok = pair_mask(offs_m[:, None], cols[None, :], Nq, Nk, window_left, window_right,
-                               Lay_h, lay_kb, DocStart_b, HAS_WL, HAS_WR, LAYOUT_MASK,
-                               LAYOUT_BLOCK, DOCS)  # fmt: skip
-                qk = tl.where(ok, qk * qk_scale, float("-inf"))
+                               Lay_h, lay_kb, DocStart_b, sink, HAS_WL, HAS_WR, LAYOUT_MASK,
+                               LAYOUT_BLOCK, DOCS, HAS_SINK, SINK_CAUSAL)  # fmt: skip
+                if SOFTCAP:
+                    qk = tl.where(ok, capped_scores(qk, cap_in, cap_out), float("-inf"))
+                else:
+                    qk = tl.where(ok, qk * qk_scale, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(qk, 1))
                 # A row with no allowed key so far keeps m = -inf; subtract 0 instead (p = 0).
                 m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
                 p = tl.math.exp2(qk - m_use[:, None])
+            elif SOFTCAP:
+                qk = capped_scores(qk, cap_in, cap_out)
+                m_new = tl.maximum(m_i, tl.max(qk, 1))
+                m_use = m_new
+                p = tl.math.exp2(qk - m_new[:, None])
             else:
                 m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
                 m_use = m_new
@@ -122,6 +133,7 @@ def _fwd_kernel(
     stride_ob, stride_oh, stride_on,
     Hq, Hkv, Nq, Nk,
     window_left, window_right, qk_scale,
+    sink, cap_in, cap_out,  # sinks: keys j < sink always visible; soft-cap: common.capped_scores
     idx_head_stride, lay_head_stride, lay_kb,  # sparse only (0 strides: one layout for all heads)
     stride_docb,  # documents only (0: one row of ids for every batch row)
     NQ_KEY, NK_KEY, WL_KEY, WR_KEY,  # autotune keys only (bucketed lengths / windows)
@@ -129,6 +141,7 @@ def _fwd_kernel(
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
     SPARSE: tl.constexpr, INDEX_BLOCK: tl.constexpr,
     LAYOUT_MASK: tl.constexpr, LAYOUT_BLOCK: tl.constexpr, DOCS: tl.constexpr,
+    HAS_SINK: tl.constexpr, SINK_CAUSAL: tl.constexpr, SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # Heaviest query blocks (last rows under causal masks) are launched first.
@@ -175,6 +188,7 @@ def _fwd_kernel(
             Idx, Lay_h, lay_kb, DocStart_b, doc_lo, doc_hi,
             True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
             SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
         acc, l_i, m_i = _fwd_key_blocks(
             acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
@@ -182,12 +196,23 @@ def _fwd_kernel(
             Idx, Lay_h, lay_kb, DocStart_b, doc_lo, doc_hi,
             DOCS, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
             DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
     else:
         lo, mid_lo, mid_hi, hi = kv_blocks_for_q_block(
             start_m, Nq, Nk, window_left, window_right, DocStart_b, DocEnd_b,
             BLOCK_M, BLOCK_N, HAS_WL, HAS_WR, DOCS,
         )  # fmt: skip
+        if HAS_SINK:  # sink keys left of the window's range: masked blocks [0, lo)
+            sink_hi = tl.minimum((sink + BLOCK_N - 1) // BLOCK_N * BLOCK_N, lo)
+            acc, l_i, m_i = _fwd_key_blocks(
+                acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
+                offs_d, lo * 0, sink_hi, Nq, Nk, window_left, window_right, qk_scale,
+                Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
+                True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
+                SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+                sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
+            )  # fmt: skip
         # Edge blocks below the full run (left window edge, document start).
         acc, l_i, m_i = _fwd_key_blocks(
             acc, l_i, m_i, q, K_bh, V_bh, k_tile, v_tile, stride_kn, stride_vn, offs_m, offs_n,
@@ -195,6 +220,7 @@ def _fwd_kernel(
             Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
             True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
             SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
         # Full blocks: no element mask.
         acc, l_i, m_i = _fwd_key_blocks(
@@ -203,6 +229,7 @@ def _fwd_kernel(
             Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
             False, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST,
             DOT_PREC, SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
         # Edge blocks above it (diagonal / right window edge / document end / ragged keys).
         acc, l_i, m_i = _fwd_key_blocks(
@@ -211,6 +238,7 @@ def _fwd_kernel(
             Idx, Lay_h, lay_kb, DocStart_b, lo, hi,
             True, HAS_WL, HAS_WR, HEAD_DIM, BLOCK_D, BLOCK_N, UPCAST, DOT_PREC,
             SPARSE, INDEX_BLOCK, LAYOUT_MASK, LAYOUT_BLOCK, DOCS,
+            sink, cap_in, cap_out, HAS_SINK, SINK_CAUSAL, SOFTCAP,
         )  # fmt: skip
 
     empty = l_i == 0.0  # rows with no allowed key: O = 0, LSE = -inf
@@ -270,7 +298,10 @@ def fixed_fwd_configs(
 
 
 def _autotuned(configs, extra_key=()):
-    key = ["NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS", *extra_key]
+    key = [
+        "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "HEAD_DIM", "HAS_WL", "HAS_WR", "DOCS",
+        "HAS_SINK", "SINK_CAUSAL", "SOFTCAP", *extra_key,
+    ]  # fmt: skip
     return common.autotuned(_fwd_kernel, configs, key, _fwd_prune)
 
 
@@ -290,6 +321,9 @@ def flash_fwd(
     config: tuple[int, int, int, int] | None = None,
     sparse: BlockSparseIndex | None = None,
     docs: DocumentBounds | None = None,
+    sink: int = 0,
+    sink_causal: bool = False,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel; returns O ``[B, Hq, Nq, D]`` (q.dtype) and LSE ``[B, Hq, Nq]`` fp32.
 
@@ -297,7 +331,9 @@ def flash_fwd(
     ``config`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) when given (tests, benchmarks).
     ``sparse``: a compressed block-sparse layout (layout.py) built for these lengths and this
     window; its query blocks replace the window's key range. ``docs``: document bounds
-    (documents.py) of a packed batch, Nq <= Nk.
+    (documents.py) of a packed batch, Nq <= Nk. ``sink``: keys j < sink are always visible
+    (j <= p too when ``sink_causal``); a sparse index must have been built with the same sink.
+    ``softcap``: scores ``softcap * tanh(s / softcap)``.
     """
     batch, hq, n_q, head_dim = q.shape
     _, hkv, n_k, _ = k.shape
@@ -323,6 +359,7 @@ def flash_fwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d,
         HAS_WL=window_left is not None, HAS_WR=window_right is not None,
         UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
+        **sink_softcap_args(scale, sink, sink_causal, softcap),
     )  # fmt: skip
     args.update(sparse.launch_args(transposed=False) if sparse else dense_launch_args(lse))
     args.update(docs.launch_args() if docs else no_documents_args(lse))
@@ -339,9 +376,19 @@ def flash_fwd(
     else:
         candidates = [config] if config else fixed_fwd_configs(block_d, q.element_size(), g)
         launch_fixed(
-            _fwd_kernel, grid, (), args, candidates, ("fwd", block_d, q.element_size(), config, g)
+            _fwd_kernel, grid, (), args, candidates,
+            ("fwd", block_d, q.element_size(), config, g, sink > 0, softcap is not None),
         )
     return out, lse
+
+
+def sink_softcap_args(scale: float, sink: int, sink_causal: bool, softcap: float | None) -> dict:
+    """Kernel arguments for attention sinks and soft-capping (shared by forward and backward)."""
+    return dict(
+        sink=sink, cap_in=scale / softcap if softcap else 0.0,
+        cap_out=softcap * LOG2E if softcap else 0.0,
+        HAS_SINK=sink > 0, SINK_CAUSAL=bool(sink_causal), SOFTCAP=softcap is not None,
+    )  # fmt: skip
 
 
 def interpret_tiles(kernel: str, sparse: BlockSparseIndex | None) -> tuple[int, int]:

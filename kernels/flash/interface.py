@@ -16,7 +16,7 @@ from .common import interpreting, stride_last_one
 from .documents import DocumentBounds, check_doc_ids, document_bounds
 from .forward import flash_fwd
 from .layout import BlockSparseIndex, check_layout, compress_layout
-from .reference import check_attention_args
+from .reference import check_attention_args, check_sink_softcap
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -26,11 +26,14 @@ class FlashAttentionFunction(torch.autograd.Function):
     """Autograd wrapper; outputs (O ``[B, Hq, Nq, D]``, LSE ``[B, Hq, Nq]`` fp32), both differentiable."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, window_left, window_right, deterministic, sparse=None, docs=None):
+    def forward(ctx, q, k, v, scale, window_left, window_right, deterministic, sparse=None, docs=None,
+                extras=None):  # fmt: skip
+        # extras: dict(sink=, sink_causal=, softcap=) (attention sinks, soft-capping) or None
+        extras = extras or {}
         q, k, v = stride_last_one(q), stride_last_one(k), stride_last_one(v)
         out, lse = flash_fwd(
             q, k, v, scale, window_left, window_right, autotune=not deterministic, sparse=sparse,
-            docs=docs,
+            docs=docs, **extras,
         )
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale = scale
@@ -39,6 +42,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         ctx.deterministic = deterministic
         ctx.sparse = sparse
         ctx.docs = docs
+        ctx.extras = extras
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -62,8 +66,9 @@ class FlashAttentionFunction(torch.autograd.Function):
             autotune=not ctx.deterministic,
             sparse=ctx.sparse,
             docs=ctx.docs,
+            **ctx.extras,
         )
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def flash_attention(
@@ -78,6 +83,8 @@ def flash_attention(
     deterministic: bool = False,
     return_lse: bool = False,
     doc_ids: Tensor | DocumentBounds | None = None,
+    sink: int = 0,
+    softcap: float | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """FlashAttention-2 style fused attention (dense, causal, sliding window), forward and backward.
 
@@ -103,6 +110,11 @@ def flash_attention(
             with query row i's position p (needs Nq <= Nk). Key blocks of other documents are
             skipped. Or a ``DocumentBounds`` from ``document_bounds(ids)``, to compute them
             once for several calls (e.g. every layer of a model).
+        sink: attention sinks (StreamingLLM): keys ``j < sink`` are visible to every query
+            whatever the window (``j <= p`` still holds when causal); the kernels visit the
+            sink blocks plus the window's band, nothing in between.
+        softcap: soft-capping (Gemma 2, flash-attn ``softcap``): scaled scores ``s`` become
+            ``softcap * tanh(s / softcap)`` before masking; gradients included. None: off.
 
     Returns:
         O ``[B, Hq, Nq, D]`` in q's dtype (and the LSE if ``return_lse``). Rows with no allowed
@@ -127,10 +139,11 @@ def flash_attention(
         raise ValueError(f"head dim D must be in [1, {MAX_HEAD_DIM}], got D={head_dim}")
     _require_kernel_device(q, "flash_attention", "flash_attention_reference")
     docs = _documents(doc_ids, q, k)
+    extras = _extras(sink, softcap, causal)
     # causal is the window bound j <= p, i.e. window_right = 0 (tighter than any window_right >= 0).
     eff_right = 0 if causal else window_right
     out, lse = FlashAttentionFunction.apply(
-        q, k, v, scale, window_left, eff_right, bool(deterministic), None, docs
+        q, k, v, scale, window_left, eff_right, bool(deterministic), None, docs, extras
     )
     return (out, lse) if return_lse else out
 
@@ -149,14 +162,16 @@ def block_sparse_attention(
     deterministic: bool = False,
     return_lse: bool = False,
     doc_ids: Tensor | DocumentBounds | None = None,
+    sink: int = 0,
+    softcap: float | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Block-sparse fused attention, forward and backward: ``flash_attention`` restricted to the
     (query block, key block) pairs a layout keeps.
 
     Args:
-        q, k, v, causal, window_left, window_right, scale, deterministic, return_lse, doc_ids: as
-            in ``flash_attention``; the causal / window / document rules still apply inside
-            kept blocks.
+        q, k, v, causal, window_left, window_right, scale, deterministic, return_lse, doc_ids,
+            sink, softcap: as in ``flash_attention``; the causal / window / document rules still
+            apply inside kept blocks; sink keys are visible whatever the layout.
         layout: bool ``[H, ceil(Nq / block_size), ceil(Nk / block_size)]`` with H = 1 (shared
             by all query heads) or H = Hq (one layout per query head), any device. Query block
             r covers rows ``[r * block_size, (r + 1) * block_size)`` (blocks start at row 0).
@@ -184,14 +199,24 @@ def block_sparse_attention(
         )
     _require_kernel_device(q, "block_sparse_attention", "block_sparse_reference")
     docs = _documents(doc_ids, q, k)
+    extras = _extras(sink, softcap, causal)
     eff_right = 0 if causal else window_right
     sparse: BlockSparseIndex | None = None
     if n_q > 0 and n_k > 0:
-        sparse = compress_layout(layout, block_size, n_q, n_k, window_left, eff_right, q.device)
+        sparse = compress_layout(
+            layout, block_size, n_q, n_k, window_left, eff_right, q.device,
+            sink=extras["sink"], sink_causal=extras["sink_causal"],
+        )  # fmt: skip
     out, lse = FlashAttentionFunction.apply(
-        q, k, v, scale, window_left, eff_right, bool(deterministic), sparse, docs
+        q, k, v, scale, window_left, eff_right, bool(deterministic), sparse, docs, extras
     )
     return (out, lse) if return_lse else out
+
+
+def _extras(sink: int, softcap: float | None, causal: bool) -> dict:
+    """Validated sink / soft-cap arguments for the launchers."""
+    sink, softcap = check_sink_softcap(sink, softcap)
+    return dict(sink=sink, sink_causal=causal, softcap=softcap)
 
 
 def _documents(doc_ids: Tensor | DocumentBounds | None, q: Tensor, k: Tensor) -> DocumentBounds | None:

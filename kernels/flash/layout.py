@@ -21,7 +21,7 @@ allowed by the token rules, no ragged edge), so full blocks skip all masking wor
 ``row_cols[mid:end]`` full, ascending. The CSC form (``col_bounds``, ``col_rows``: which query
 blocks see key block c) drives the dK/dV pass.
 
-``compress_layout`` caches its result per (layout tensor, version, sizes, window), so repeated
+``compress_layout`` caches its result per (layout tensor, version, sizes, window, sink), so repeated
 calls with the same layout tensor do not recompress.
 """
 
@@ -62,6 +62,8 @@ class BlockSparseIndex:
     )  # int8 [H, Mb, Kb] when G > bs (in-tile layout mask), else None
     nnz: int  # visited index blocks (all heads)
     n_full: int  # of which full
+    sink: int = 0  # keys j < sink visited whatever the layout (build_index)
+    sink_causal: bool = False
 
     def launch_args(self, transposed: bool) -> dict:
         """Kernel arguments: CSR (``transposed=False``, forward / dQ) or CSC (dK/dV)."""
@@ -148,7 +150,7 @@ def _blocks_any_all(layout: torch.Tensor, factor: int, m_i: int, k_i: int):
     return grid_any.view(shape).any(4).any(2), grid_all.view(shape).all(4).all(2)
 
 
-def _token_any_all(n_q, n_k, g, window_left, window_right, device):
+def _token_any_all(n_q, n_k, g, window_left, window_right, device, sink=0, sink_causal=False):
     """(any, all) of the token rules over each G x G index block pair: bool [Mi, Ki].
 
     Row i sits at p = i + Nk - Nq and sees keys [p - wl, p + wr] ∩ [0, Nk); the union of those
@@ -170,6 +172,22 @@ def _token_any_all(n_q, n_k, g, window_left, window_right, device):
     if window_right is not None:
         touched &= key0 <= p_last + window_right
         full &= key1 <= p_first + window_right
+    return touched, full & touched
+
+
+def _sink_any_all(n_q, n_k, g, sink, causal, device):
+    """(any, all) of the sink pairs (``j < sink``, and ``j <= p`` when causal) over each
+    G x G index block pair: bool [Mi, Ki]."""
+    m_i, k_i = cdiv(n_q, g), cdiv(n_k, g)
+    row0 = torch.arange(m_i, device=device) * g
+    row1 = torch.clamp(row0 + g, max=n_q) - 1
+    key0 = (torch.arange(k_i, device=device) * g)[None, :]
+    key1 = torch.clamp(key0 + g, max=n_k) - 1
+    touched = (key0 < sink).expand(m_i, k_i)
+    full = ((row0 + g <= n_q)[:, None]) & (key0 + g <= n_k) & (key1 < sink)
+    if causal:
+        touched = touched & (key0 <= (row1 + n_k - n_q)[:, None])
+        full = full & (key1 <= (row0 + n_k - n_q)[:, None])
     return touched, full & touched
 
 
@@ -195,8 +213,15 @@ def build_index(
     window_left: int | None,
     window_right: int | None,
     device: torch.device | str | None = None,
+    sink: int = 0,
+    sink_causal: bool = False,
 ) -> BlockSparseIndex:
-    """Compress ``layout`` bool [H, Mb, Kb] (no cache). ``window_right`` has causal folded in."""
+    """Compress ``layout`` bool [H, Mb, Kb] (no cache). ``window_right`` has causal folded in.
+
+    ``sink`` > 0: keys ``j < sink`` are visited whatever the layout and window (``j <= p`` too
+    when ``sink_causal``); unless ``sink`` is a multiple of G, the kernels then read the exact
+    layout bit of every pair in masked tiles (a partly-sink block must not open its other keys).
+    """
     g = index_block_for(block_size)
     check_layout(layout, block_size, n_q, n_k)
     device = torch.device(device) if device is not None else layout.device
@@ -206,6 +231,10 @@ def build_index(
     tok_any, tok_all = _token_any_all(n_q, n_k, g, window_left, window_right, device)
     visit = lay_any & tok_any
     full = lay_all & tok_all & visit
+    if sink:
+        sink_any, sink_all = _sink_any_all(n_q, n_k, g, sink, sink_causal, device)
+        visit = visit | sink_any
+        full = full | sink_all
     nnz = int(visit.sum())
     if nnz * (g // MIN_INDEX_BLOCK) >= 2**31:  # kernels step through the lists with int32
         raise ValueError(
@@ -214,12 +243,12 @@ def build_index(
         )
     row_bounds, row_cols = _compress(visit, full)
     col_bounds, col_rows = _compress(visit.transpose(1, 2), full.transpose(1, 2))
-    fine = lay.to(torch.int8).contiguous() if g > block_size else None
+    fine = lay.to(torch.int8).contiguous() if g > block_size or sink % g else None
     return BlockSparseIndex(
         block_size=block_size, index_block=g, n_q=n_q, n_k=n_k,
         window_left=window_left, window_right=window_right, heads=layout.shape[0],
         row_bounds=row_bounds, row_cols=row_cols, col_bounds=col_bounds, col_rows=col_rows,
-        fine_layout=fine, nnz=nnz, n_full=int(full.sum()),
+        fine_layout=fine, nnz=nnz, n_full=int(full.sum()), sink=sink, sink_causal=sink_causal,
     )  # fmt: skip
 
 
@@ -231,6 +260,8 @@ def compress_layout(
     window_left: int | None = None,
     window_right: int | None = None,
     device: torch.device | str | None = None,
+    sink: int = 0,
+    sink_causal: bool = False,
 ) -> BlockSparseIndex:
     """``build_index`` with a small LRU cache keyed on the layout tensor (storage pointer,
     in-place version counter, shape, strides, device), the sizes and the window.
@@ -246,13 +277,15 @@ def compress_layout(
         layout.stride() if isinstance(layout, torch.Tensor) else None,
         str(getattr(layout, "device", None)),
         getattr(layout, "dtype", None),
-        block_size, n_q, n_k, window_left, window_right, str(device),
+        block_size, n_q, n_k, window_left, window_right, str(device), sink, sink_causal,
     )  # fmt: skip
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is layout:
         _CACHE.move_to_end(key)
         return hit[1]
-    index = build_index(layout, block_size, n_q, n_k, window_left, window_right, device)
+    index = build_index(
+        layout, block_size, n_q, n_k, window_left, window_right, device, sink, sink_causal
+    )
     _CACHE[key] = (layout, index)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

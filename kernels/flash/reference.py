@@ -9,7 +9,11 @@ position ``p = i + Nk - Nq``; key ``j`` is allowed iff
 
     (window_left  is None or j >= p - window_left)  and
     (window_right is None or j <= p + window_right) and
-    (not causal or j <= p)                           and  0 <= j < Nk.
+    (not causal or j <= p)                           and  0 <= j < Nk,
+
+or, with ``sink=S > 0`` (attention sinks, StreamingLLM), ``j < S and (not causal or j <= p)``
+whatever the window (block-sparse: whatever the layout too). With ``softcap=c`` the scaled
+scores become ``c * tanh(s / c)`` before masking (Gemma 2, flash-attn ``softcap``).
 
 With ``doc_ids`` (packed sequences, documents.py) key j must also share a document with
 position p. A query row with no allowed key returns zeros, LSE = -inf, and zero gradients.
@@ -90,6 +94,30 @@ def check_attention_args(
     return float(scale)
 
 
+def check_sink_softcap(sink: int, softcap: float | None) -> tuple[int, float | None]:
+    """Validate ``sink`` (int >= 0) and ``softcap`` (finite float > 0 or None); return them."""
+    if isinstance(sink, bool) or not isinstance(sink, int) or sink < 0:
+        raise ValueError(f"sink must be an int >= 0 (keys j < sink are always visible), got {sink!r}")
+    if softcap is None:
+        return sink, None
+    if (
+        isinstance(softcap, bool)
+        or not isinstance(softcap, (int, float))
+        or not math.isfinite(softcap)
+        or softcap <= 0
+    ):
+        raise ValueError(f"softcap must be a finite float > 0 or None (no capping), got {softcap!r}")
+    return sink, float(softcap)
+
+
+def sink_mask(n_q: int, n_k: int, sink: int, causal: bool, device=None) -> Tensor:
+    """Bool ``[Nq, Nk]``: the sink pairs, ``j < sink`` and (causal) ``j <= p``."""
+    pos_q = torch.arange(n_q, device=device)[:, None] + (n_k - n_q)
+    key = torch.arange(n_k, device=device)[None, :]
+    allowed = (key < sink).expand(n_q, n_k)
+    return allowed & (key <= pos_q) if causal else allowed.clone()
+
+
 def flash_attention_mask(
     n_q: int,
     n_k: int,
@@ -98,6 +126,7 @@ def flash_attention_mask(
     window_left: int | None = None,
     window_right: int | None = None,
     device: torch.device | str | None = None,
+    sink: int = 0,
 ) -> Tensor:
     """Bool mask ``[Nq, Nk]``, True = query row i may attend to key j (semantics above)."""
     pos_q = torch.arange(n_q, device=device)[:, None] + (n_k - n_q)  # [Nq, 1] aligned positions
@@ -109,6 +138,8 @@ def flash_attention_mask(
         allowed &= key <= pos_q + window_right
     if causal:
         allowed &= key <= pos_q
+    if sink:
+        allowed |= sink_mask(n_q, n_k, sink, causal, device)
     return allowed
 
 
@@ -123,6 +154,8 @@ def flash_attention_reference(
     scale: float | None = None,
     return_lse: bool = False,
     doc_ids: Tensor | None = None,
+    sink: int = 0,
+    softcap: float | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """softmax(q kᵀ · scale, masked) v in plain PyTorch; differentiable.
 
@@ -133,6 +166,8 @@ def flash_attention_reference(
         scale: softmax scale, default ``1/sqrt(D)``.
         return_lse: also return the natural-log row LSE ``[B, Hq, Nq]`` (fp32/fp64).
         doc_ids: ``[Nk]`` or ``[B or 1, Nk]`` document ids (as ``flash_attention``), or None.
+        sink: keys ``j < sink`` are always visible (causality still applies).
+        softcap: scores become ``softcap * tanh(s / softcap)`` (None: no capping).
 
     Math runs in fp32 (fp64 if the inputs are fp64). Returns ``[B, Hq, Nq, D]`` in q's
     dtype. Rows with no allowed key give zeros and LSE = -inf, with finite (zero) gradients.
@@ -140,13 +175,14 @@ def flash_attention_reference(
     scale = check_attention_args(
         q, k, v, window_left=window_left, window_right=window_right, scale=scale
     )
+    sink, softcap = check_sink_softcap(sink, softcap)
     allowed = flash_attention_mask(
         q.shape[2], k.shape[2], causal=causal, window_left=window_left,
-        window_right=window_right, device=q.device,
+        window_right=window_right, device=q.device, sink=sink,
     )[None]  # fmt: skip
     if doc_ids is not None:
         allowed = allowed[None] & document_mask(doc_ids.to(q.device), q.shape[2], k.shape[2])[:, None]
-    return masked_attention_reference(q, k, v, allowed, scale, return_lse)
+    return masked_attention_reference(q, k, v, allowed, scale, return_lse, softcap)
 
 
 def block_sparse_mask(
@@ -159,16 +195,20 @@ def block_sparse_mask(
     window_left: int | None = None,
     window_right: int | None = None,
     device: torch.device | str | None = None,
+    sink: int = 0,
 ) -> Tensor:
     """Bool mask ``[H, Nq, Nk]``: the window/causal mask AND the block layout
-    ``[H, ceil(Nq / bs), ceil(Nk / bs)]`` expanded to tokens."""
+    ``[H, ceil(Nq / bs), ceil(Nk / bs)]`` expanded to tokens, OR the sink pairs."""
     token = flash_attention_mask(
         n_q, n_k, causal=causal, window_left=window_left, window_right=window_right, device=device
     )  # [Nq, Nk]
     lay = layout.to(device=token.device, dtype=torch.bool)
     rows = torch.arange(n_q, device=token.device) // block_size
     cols = torch.arange(n_k, device=token.device) // block_size
-    return token[None] & lay[:, rows][:, :, cols]  # [H, Nq, Nk]
+    allowed = token[None] & lay[:, rows][:, :, cols]  # [H, Nq, Nk]
+    if sink:
+        allowed = allowed | sink_mask(n_q, n_k, sink, causal, token.device)[None]
+    return allowed
 
 
 def block_sparse_reference(
@@ -184,27 +224,32 @@ def block_sparse_reference(
     scale: float | None = None,
     return_lse: bool = False,
     doc_ids: Tensor | None = None,
+    sink: int = 0,
+    softcap: float | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``flash_attention_reference`` restricted by a block layout bool ``[H or 1, Mb, Kb]``
-    (H = Hq for per-head layouts): the oracle of ``block_sparse_attention`` (documents too)."""
+    (H = Hq for per-head layouts): the oracle of ``block_sparse_attention`` (documents, sinks
+    and soft-capping too)."""
     scale = check_attention_args(
         q, k, v, window_left=window_left, window_right=window_right, scale=scale
     )
+    sink, softcap = check_sink_softcap(sink, softcap)
     allowed = block_sparse_mask(
         layout, block_size, q.shape[2], k.shape[2], causal=causal, window_left=window_left,
-        window_right=window_right, device=q.device,
+        window_right=window_right, device=q.device, sink=sink,
     )  # fmt: skip
     if doc_ids is not None:
         allowed = allowed[None] & document_mask(doc_ids.to(q.device), q.shape[2], k.shape[2])[:, None]
-    return masked_attention_reference(q, k, v, allowed, scale, return_lse)
+    return masked_attention_reference(q, k, v, allowed, scale, return_lse, softcap)
 
 
 def masked_attention_reference(
-    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float, return_lse: bool = False
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float, return_lse: bool = False,
+    softcap: float | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """softmax(q kᵀ · scale masked by ``allowed`` bool [H or 1, Nq, Nk] (or [B or 1, H or 1, Nq,
     Nk]) v; fp32 math (fp64 for fp64 inputs); empty rows give zeros, LSE = -inf and zero
-    gradients."""
+    gradients. ``softcap=c``: scores ``c * tanh(s / c)`` before masking."""
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     group = q.shape[1] // k.shape[1]
     q_c = q.to(compute_dtype)  # [B, Hq, Nq, D]
@@ -213,6 +258,8 @@ def masked_attention_reference(
     n_k = k.shape[2]
 
     scores = torch.einsum("bhid,bhjd->bhij", q_c, k_c) * scale  # [B, Hq, Nq, Nk]
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~allowed, float("-inf"))
     # Softmax written out so that empty rows give 0 (not NaN) in value *and* gradient.
     row_max = (

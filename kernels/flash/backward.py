@@ -33,8 +33,8 @@ from . import common
 from .common import (
     LOG2E,
     alloc,
-    capped_scores,
     alloc_like,
+    capped_scores,
     cdiv,
     dot_precision,
     head_dim_block,

@@ -89,6 +89,8 @@ def one_line(err: BaseException) -> str:
     items: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
+        if line.startswith("Config search path"):  # Hydra's where-I-looked list: noise here
+            break
         if not line or line.startswith(_DETAIL_PREFIXES):
             continue
         if raw.startswith("\t"):  # Hydra: "Available options in 'model':\n\tbase\n\tsmall"
@@ -105,7 +107,7 @@ def one_line(err: BaseException) -> str:
             parts.append(", ".join(items))
     joined = parts[0] if parts else type(err).__name__
     for part in parts[1:]:
-        joined += ("" if joined.endswith((".", ":", ";")) else ";") + " " + part
+        joined += ("" if joined.endswith((".", ":", ";")) or part.startswith("(") else ";") + " " + part
     return joined
 
 

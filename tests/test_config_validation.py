@@ -7,7 +7,12 @@ import sys
 
 import pytest
 
+from attnlab.attention import AttentionSpec
+from attnlab.bench.config import BenchConfig
+from attnlab.data import DataConfig
+from attnlab.data.recall import TaskConfig
 from attnlab.paths import REPO_ROOT
+from attnlab.train.config import TrainConfig
 
 CASES = {
     "negative lr": (["train.lr=-1"], "train.lr=-1"),
@@ -40,3 +45,30 @@ def test_bad_value_exits_2_naming_the_key(overrides, key, env, tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert key in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "error.txt").exists()
+
+
+# Every seed is bounded where the config is built, by the range torch and numpy take: a seed
+# of 2**70 used to pass validation and fail at the first manual_seed with an unnamed overflow.
+SEEDS = {  # case -> (build with that seed, the key the error names)
+    "train.seed": (lambda s: TrainConfig(seed=s), "train.seed"),
+    "data.seed": (lambda s: DataConfig(seed=s), "data.seed"),
+    "recall task data.seed": (lambda s: TaskConfig(name="copy", seed=s), "data.seed"),
+    "bench seed": (lambda s: BenchConfig(seed=s), "seed"),
+    "AttentionSpec.seed": (lambda s: AttentionSpec(seed=s), "AttentionSpec.seed"),
+}
+
+
+@pytest.mark.parametrize("case", SEEDS)
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**70])
+def test_seed_out_of_range_is_refused_naming_the_key(case, seed):
+    build, key = SEEDS[case]
+    with pytest.raises(ValueError) as err:
+        build(seed)
+    assert f"{key}={seed}" in str(err.value), str(err.value)
+    assert "2**63 - 1" in str(err.value) or str(2**63 - 1) in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("case", SEEDS)
+def test_seed_range_ends_are_allowed(case):
+    for seed in (0, 2**63 - 1):
+        SEEDS[case][0](seed)

@@ -251,3 +251,26 @@ def test_flops_errors(bad):
     args = dict(batch=1, heads=1, n_q=4, n_k=4, head_dim=8, mode="fwd") | bad
     with pytest.raises(ValueError, match=next(iter(bad))):
         AttentionSpec().flops(**args)
+
+
+def test_layout_is_copied_so_the_callers_edits_do_not_reach_the_frozen_spec():
+    layout = torch.tensor([[[True, False], [True, True]]])
+    spec = AttentionSpec(kind="block_sparse", block_size=2, layout=layout, causal=True)
+    twin = AttentionSpec(kind="block_sparse", block_size=2, layout=layout.clone(), causal=True)
+    before_hash, before_mask = hash(spec), spec.dense_mask(4, 4)
+    layout[0, 0, 1] = True  # the caller reuses its tensor
+    layout[0, 1, 0] = False
+    assert spec.layout.data_ptr() != layout.data_ptr()
+    assert hash(spec) == before_hash and spec == twin
+    assert torch.equal(spec.dense_mask(4, 4), before_mask)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**70, 1.5, True])
+def test_seed_outside_0_to_2_63_is_refused_naming_the_field(seed):
+    with pytest.raises(ValueError, match=r"AttentionSpec\.seed=.*\[0, 2\*\*63 - 1\]"):
+        AttentionSpec(kind="block_sparse", pattern="random", density=0.5, seed=seed)
+
+
+def test_largest_seed_draws_a_layout():
+    spec = AttentionSpec(kind="block_sparse", pattern="random", density=0.5, block_size=16, seed=2**63 - 1)
+    assert spec.block_layout(64, 64).shape == (1, 4, 4)

@@ -21,16 +21,31 @@ from attnlab.attention.spec import AttentionSpec
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def available_impls(spec: AttentionSpec, device="cpu", requires_grad: bool = False) -> list[str]:
-    """Names of the impls that can serve `spec` on `device` (with a backward if asked)."""
+def available_impls(spec: AttentionSpec, device="cpu", requires_grad: bool = False, *,
+                    dtype: torch.dtype | None = None, head_dim: int | None = None) -> list[str]:
+    """Names of the impls that can serve `spec` on `device` (with a backward if asked), for
+    inputs of ``dtype`` and head dim ``head_dim`` when given (None: not checked)."""
     device = torch.device(device)
-    return [name for name, impl in IMPLS.items() if impl.why_not(spec, device, requires_grad) is None]
+    return [name for name, impl in IMPLS.items()
+            if impl.why_not(spec, device, requires_grad, dtype=dtype, head_dim=head_dim) is None]
 
 
-def _auto(spec, device, requires_grad) -> str:
+def why_not(impl: str, spec: AttentionSpec, device="cpu", requires_grad: bool = False, *,
+            dtype: torch.dtype | None = None, head_dim: int | None = None) -> str | None:
+    """Why ``impl`` cannot serve `spec` on `device` for such inputs, or None when it can."""
+    if impl not in IMPLS:
+        return f"impl={impl!r} is unknown; known: auto, {', '.join(IMPLS)}"
+    return IMPLS[impl].why_not(spec, torch.device(device), requires_grad, dtype=dtype, head_dim=head_dim)
+
+
+def choose_impl(spec: AttentionSpec, device="cpu", requires_grad: bool = False, *,
+                dtype: torch.dtype | None = None, head_dim: int | None = None) -> str:
+    """What ``impl="auto"`` runs: the first of triton, flex, sdpa that serves the spec, the
+    device, the dtype and the head dim on CUDA; sdpa on CPU; else the reference."""
+    device = torch.device(device)
     order = ("triton", "flex", "sdpa") if device.type == "cuda" else ("sdpa",)
     for name in order:
-        if IMPLS[name].why_not(spec, device, requires_grad) is None:
+        if IMPLS[name].why_not(spec, device, requires_grad, dtype=dtype, head_dim=head_dim) is None:
             return name
     return "reference"
 
@@ -73,17 +88,19 @@ def attention(
     if not isinstance(impl, str):
         raise ValueError(f"impl={impl!r} must be a string: auto, {', '.join(IMPLS)}")
     requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    name = _auto(spec, q.device, requires_grad) if impl == "auto" else impl
+    inputs = dict(dtype=q.dtype, head_dim=q.shape[-1])
+    name = choose_impl(spec, q.device, requires_grad, **inputs) if impl == "auto" else impl
     if name not in IMPLS:
         raise NotImplementedError(
             f"impl={impl!r} is unknown; known: auto, {', '.join(IMPLS)}; for this spec on "
-            f"{q.device.type}: {', '.join(available_impls(spec, q.device, requires_grad))}"
+            f"{q.device.type}: {', '.join(available_impls(spec, q.device, requires_grad, **inputs))}"
         )
-    reason = IMPLS[name].why_not(spec, q.device, requires_grad)
+    reason = IMPLS[name].why_not(spec, q.device, requires_grad, **inputs)
     if reason is not None:
         raise NotImplementedError(
-            f"impl={name!r} cannot serve {spec.name} on {q.device.type}: {reason}. "
-            f"Impls that can: {', '.join(available_impls(spec, q.device, requires_grad))}"
+            f"impl={name!r} cannot serve {spec.name} on {q.device.type} with {q.dtype} and head dim "
+            f"D={q.shape[-1]}: {reason}. Impls that can: "
+            f"{', '.join(available_impls(spec, q.device, requires_grad, **inputs))}"
         )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if docs is None:

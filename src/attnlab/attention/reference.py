@@ -35,7 +35,7 @@ register(
     Impl(
         name="reference",
         run=reference_attention,
-        why_not=lambda spec, device, requires_grad: None,
+        why_not=lambda spec, device, requires_grad, dtype=None, head_dim=None: None,
         description="plain PyTorch, fp32 math, materializes the N x N scores (oracle)",
     )
 )

@@ -34,6 +34,7 @@ import torch
 
 from attnlab.attention import patterns as _patterns
 from attnlab.attention.documents import resolve_documents, same_document
+from attnlab.errors import check_seed
 
 KINDS = ("dense", "sliding_window", "block_sparse")
 PATTERNS = _patterns.PATTERNS
@@ -91,6 +92,7 @@ class AttentionSpec:
             raise ValueError(f"AttentionSpec.kind={self.kind!r} is unknown; allowed: {', '.join(KINDS)}")
         if not isinstance(self.causal, bool):
             raise ValueError(f"AttentionSpec.causal={self.causal!r} must be a bool (True or False)")
+        check_seed("AttentionSpec.seed", self.seed)
         self._check_window()
         if self.kind == "block_sparse":
             self._check_block_sparse()
@@ -153,7 +155,9 @@ class AttentionSpec:
                 raise ValueError(f"AttentionSpec.layout has an empty shape {tuple(lay.shape)}")
             if lay.device.type == "meta":
                 raise ValueError("AttentionSpec.layout is on the meta device (no data); give a real bool tensor")
-            object.__setattr__(self, "layout", lay.detach().to("cpu").contiguous())
+            # A private copy: the caller editing its tensor in place must not change this
+            # frozen spec (its mask, its hash, the kernels' per-layout caches).
+            object.__setattr__(self, "layout", lay.detach().to("cpu", copy=True).contiguous())
             for name in _patterns.PARAMS:
                 if getattr(self, name) is not None:
                     raise ValueError(f"AttentionSpec.{name} is a pattern parameter; it is not used with layout=")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention.documents import TensorCache, same_document
-from attnlab.attention.registry import Impl, register
+from attnlab.attention.registry import Impl, dtype_name, register, why_not_bf16
 
 
 @functools.lru_cache(maxsize=16)
@@ -130,11 +130,15 @@ def flex_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
     """FlexAttention with a block mask built from the spec (compiled on CUDA, eager on CPU);
     with ``doc_ids`` [B or 1, Nk] a per-batch block mask that also compares document ids.
     FlexAttention gives empty rows zeros (and zero gradients)."""
-    if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise NotImplementedError(
-            "impl='flex' has no backward on CPU (PyTorch's FlexAttention supports CPU forward "
-            "only); use impl='sdpa' or 'reference' for gradients on CPU"
-        )
+    if q.device.type == "cpu":
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            raise NotImplementedError(
+                "impl='flex' has no backward on CPU (PyTorch's FlexAttention supports CPU forward "
+                "only); use impl='sdpa' or 'reference' for gradients on CPU"
+            )
+        # No graph is recorded (no_grad / inference): PyTorch's CPU flex still refuses inputs
+        # that require grad, so hand it the same data without the flag.
+        q, k, v = q.detach(), k.detach(), v.detach()
     from torch.nn.attention.flex_attention import flex_attention as eager_flex
 
     if doc_ids is None:
@@ -149,19 +153,31 @@ def flex_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
         return eager_flex(q, k, v, **kwargs)
 
 
-def _flex_why_not(spec, device, requires_grad):
-    if device.type == "cpu" and requires_grad:
-        return "FlexAttention has no backward on CPU (forward only there)"
+# Compiled FlexAttention on CUDA (Inductor's Triton template): head dim >= 16 (tl.dot; smaller
+# raises "NYI: embedding dimension ... must be at least 16") and the dtypes PyTorch tests it
+# with; fp64 is not one of them. On CPU it runs eagerly: any float dtype and head dim.
+FLEX_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FLEX_CUDA_MIN_HEAD_DIM = 16
+
+
+def _flex_why_not(spec, device, requires_grad, dtype=None, head_dim=None):
     if device.type not in ("cpu", "cuda"):
         return f"FlexAttention runs on cpu and cuda, not {device.type}"
-    return None
+    if device.type == "cpu":
+        return "FlexAttention has no backward on CPU (forward only there)" if requires_grad else None
+    if dtype is not None and dtype not in FLEX_CUDA_DTYPES:
+        return (f"compiled FlexAttention on cuda takes dtype {', '.join(map(dtype_name, FLEX_CUDA_DTYPES))}, "
+                f"not dtype={dtype_name(dtype)}")
+    if head_dim is not None and head_dim < FLEX_CUDA_MIN_HEAD_DIM:
+        return f"compiled FlexAttention on cuda needs head dim D >= {FLEX_CUDA_MIN_HEAD_DIM}, not D={head_dim}"
+    return why_not_bf16(device, dtype, "compiled FlexAttention")
 
 
 register(
     Impl(
         name="sdpa",
         run=sdpa_attention,
-        why_not=lambda spec, device, requires_grad: None,
+        why_not=lambda spec, device, requires_grad, dtype=None, head_dim=None: None,
         description="torch scaled_dot_product_attention (is_causal or a bool mask)",
     )
 )

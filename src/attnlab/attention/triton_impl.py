@@ -8,9 +8,12 @@ import os
 import torch
 
 from attnlab.attention.documents import TensorCache
-from attnlab.attention.registry import Impl, register
+from attnlab.attention.registry import Impl, dtype_name, register, why_not_bf16
 
 TRITON_KINDS = ("dense", "sliding_window", "block_sparse")
+# What the kernels take (kernels/flash/interface.py; a test checks that these agree):
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
 
 
 def interpreter_on() -> bool:
@@ -53,14 +56,17 @@ def triton_attention(q, k, v, spec, scale: float, doc_ids=None):
     return flash_attention(q, k, v, **window)
 
 
-def _why_not(spec, device, requires_grad):
+def _why_not(spec, device, requires_grad, dtype=None, head_dim=None):
     if spec.kind not in TRITON_KINDS:
         return f"the triton kernels serve kinds {', '.join(TRITON_KINDS)}, not {spec.kind!r} yet"
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu" and interpreter_on():
-        return None
-    return f"triton needs a CUDA device, or TRITON_INTERPRET=1 on CPU (got device {device.type})"
+    if device.type != "cuda" and not (device.type == "cpu" and interpreter_on()):
+        return f"triton needs a CUDA device, or TRITON_INTERPRET=1 on CPU (got device {device.type})"
+    if dtype is not None and dtype not in TRITON_DTYPES:
+        return (f"the triton kernels take dtype {', '.join(map(dtype_name, TRITON_DTYPES))}, "
+                f"not dtype={dtype_name(dtype)}")
+    if head_dim is not None and not 1 <= head_dim <= MAX_HEAD_DIM:
+        return f"the triton kernels take head dim D in [1, {MAX_HEAD_DIM}], not D={head_dim}"
+    return why_not_bf16(device, dtype, "triton")
 
 
 register(

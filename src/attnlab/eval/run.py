@@ -3,7 +3,8 @@
 task, figures beside it.
 
 Bad options fail in `make_plan`, before any forward pass, with a ``ValueError`` naming the key
-and value (the CLI prints it as one line ``error: ...`` and exits 2).
+and value, a source that cannot be loaded with `attnlab.errors.UserInputError` (the CLI prints
+either as one line ``error: ...`` and exits 2).
 """
 
 from __future__ import annotations
@@ -51,17 +52,31 @@ def parse_tasks(value) -> tuple[str, ...]:
     return tuple(tasks)
 
 
+def check_outputs(out, out_dir) -> None:
+    """``out`` (a file) and ``out_dir`` (a folder) must not be the other kind of thing: found
+    now, not after the tasks ran."""
+    if out is not None and (not isinstance(out, str) or not out or Path(out).is_dir()):
+        raise ValueError(f"out={out!r} is not allowed: a file path for the JSON record (not a folder), or null")
+    if out_dir is not None and (not isinstance(out_dir, str) or not out_dir or Path(out_dir).is_file()):
+        raise ValueError(f"out_dir={out_dir!r} is not allowed: a folder path (not a file), or null")
+    for key, path in (("out", out), ("out_dir", out_dir)):
+        parent = next((p for p in Path(path).absolute().parents if p.exists()), None) if path else None
+        if parent is not None and not parent.is_dir():
+            raise ValueError(f"{key}={path!r} is not allowed: {parent} is a file, not a folder")
+
+
 def _trained_on(pre) -> str:
     return f"the recall task data.name={pre.data.name!r}" if isinstance(pre.data, TaskConfig) else "text"
 
 
 def make_plan(c: dict, load: Callable | None = None) -> Plan:
     """Validate ``c`` (conf/eval.yaml's keys), load the model and build each task's inputs."""
-    from attnlab.pretrained import load_pretrained
+    from attnlab.pretrained.sources import check_attn_impl, check_source_given, load_source
 
-    if c.get("source") in (None, "", "???"):
-        raise ValueError("source is not set: source=<smollm2 | gguf:<path> | run dir | checkpoint .pt>")
+    check_source_given("source", c.get("source"))
     tasks = parse_tasks(c.get("tasks", ["bpb"]))
+    attn_impl = check_attn_impl("attn_impl", c.get("attn_impl"))
+    check_outputs(c.get("out"), c.get("out_dir"))
     windows, batch_size, device = c.get("windows"), c.get("batch_size", 1), c.get("device", "auto")
     check_windows(windows, batch_size)
     pk = dict(c.get("passkey") or {})
@@ -76,7 +91,7 @@ def make_plan(c: dict, load: Callable | None = None) -> Plan:
     if bad:
         raise ValueError(f"eval: model.{bad[0]} cannot be changed; only model.attention and "
                          "model.layer_pattern (e.g. +attention=swa32) can")
-    pre = (load or load_pretrained)(c["source"], attn_impl=c.get("attn_impl"), cache_dir=data_cfg.resolved_cache_dir())
+    pre = load_source(c["source"], "source", load=load, attn_impl=attn_impl, cache_dir=data_cfg.resolved_cache_dir())
     if override:
         pre = with_attention(pre, override.get("attention", pre.config.attention),
                              override.get("layer_pattern", pre.config.layer_pattern))

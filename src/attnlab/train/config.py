@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from attnlab.errors import check_seed
+
 DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("none", "jsonl", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -68,8 +70,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
                 raise ValueError(f"train.{name}={v!r} must be in [0, 1)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"train.seed={self.seed!r} must be an int")
+        check_seed("train.seed", self.seed)
         if self.eval_batches is not None and (isinstance(self.eval_batches, bool) or not isinstance(self.eval_batches, int) or self.eval_batches < 1):
             raise ValueError(f"train.eval_batches={self.eval_batches!r} must be a positive int or null")
         if self.stop_at is not None and (not isinstance(self.stop_at, int) or not 1 <= self.stop_at <= self.steps):

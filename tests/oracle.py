@@ -17,8 +17,8 @@ def token_allowed(i: int, j: int, n_q: int, n_k: int, causal: bool, window) -> b
     if window is None:
         return True
     if isinstance(window, tuple):
-        left, right = window
-        return p - left <= j <= p + right
+        left, right = window  # -1: unbounded on that side
+        return (left == -1 or p - left <= j) and (right == -1 or j <= p + right)
     return p - window < j <= p if causal else abs(p - j) < window
 
 
@@ -61,17 +61,32 @@ def _oracle_mask(spec, n_q: int, n_k: int) -> torch.Tensor:
         [[token_allowed(i, j, n_q, n_k, spec.causal, spec.window) for j in range(n_k)] for i in range(n_q)],
         dtype=torch.bool,
     ).reshape(n_q, n_k)
-    if spec.kind != "block_sparse":
-        return tok[None]
-    lay = spec.block_layout(n_q, n_k)  # [H, Mb, Kb]
-    bs = spec.block_size
-    expanded = lay.repeat_interleave(bs, 1).repeat_interleave(bs, 2)[:, :n_q, :n_k]
-    return tok[None] & expanded
+    mask = tok[None]
+    if spec.kind == "block_sparse":
+        lay = spec.block_layout(n_q, n_k)  # [H, Mb, Kb]
+        bs = spec.block_size
+        mask = mask & lay.repeat_interleave(bs, 1).repeat_interleave(bs, 2)[:, :n_q, :n_k]
+    if getattr(spec, "kind", None) == "custom":  # mask_mod called one pair at a time
+        t = lambda x: torch.tensor(x)  # noqa: E731
+        custom = torch.tensor(
+            [[[bool(spec.mask_mod(t(0), t(h), t(i), t(j))) for j in range(n_k)] for i in range(n_q)]
+             for h in range(spec.heads or 1)], dtype=torch.bool,
+        ).reshape(spec.heads or 1, n_q, n_k)
+        mask = mask & custom
+    sink = getattr(spec, "sink", 0)
+    if sink:
+        sinks = torch.tensor(
+            [[j < sink and (not spec.causal or j <= i + n_k - n_q) for j in range(n_k)] for i in range(n_q)],
+            dtype=torch.bool,
+        ).reshape(n_q, n_k)
+        mask = mask | sinks[None]
+    return mask
 
 
-def oracle_attention(q, k, v, mask: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """fp64 softmax(QK^T scale masked) V with explicit GQA expansion; empty rows -> 0.
-    mask: bool [H or 1, Nq, Nk] or [B or 1, H or 1, Nq, Nk]."""
+def oracle_attention(q, k, v, mask: torch.Tensor, scale: float | None = None, softcap=None,
+                     return_lse: bool = False):
+    """fp64 softmax(QK^T scale [capped: c tanh(s / c)] masked) V with explicit GQA expansion;
+    empty rows -> 0 (LSE -inf). mask: bool [H or 1, Nq, Nk] or [B or 1, H or 1, Nq, Nk]."""
     d = q.shape[-1]
     scale = d**-0.5 if scale is None else scale
     group = q.shape[1] // k.shape[1]
@@ -79,9 +94,14 @@ def oracle_attention(q, k, v, mask: torch.Tensor, scale: float | None = None) ->
     k64 = k64.repeat_interleave(group, 1)
     v64 = v64.repeat_interleave(group, 1)
     s = q64 @ k64.transpose(-1, -2) * scale
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
     s = s.masked_fill(~(mask if mask.dim() == 4 else mask[None]), float("-inf"))
     m = s.amax(-1, keepdim=True).clamp_min(-1e300)  # finite even for empty rows
     w = torch.exp(s - m)
     denom = w.sum(-1, keepdim=True)
     p = torch.where(denom > 0, w / denom.clamp_min(1e-300), torch.zeros_like(w))
-    return p @ v64
+    if not return_lse:
+        return p @ v64
+    lse = torch.where(denom[..., 0] > 0, (m + torch.log(denom.clamp_min(1e-300)))[..., 0], float("-inf"))
+    return p @ v64, lse

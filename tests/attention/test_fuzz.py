@@ -2,6 +2,7 @@
 oracle (forward and dq/dk/dv); random invalid inputs raise a ValueError that names the
 problem (never a crash, a hang or a silent broadcast)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -74,6 +75,14 @@ def qkv(shape, dtype, seed):
 def test_valid_inputs_match_the_oracle(data, shape, dtype, impl, seed):
     b, hq, hkv, n_q, n_k, d = shape
     spec = data.draw(specs(hq, n_q, n_k))
+    if data.draw(st.booleans()):  # a custom mask instead, ANDed with the causal / window rules
+        stride = data.draw(st.integers(1, 4))
+        spec = AttentionSpec(kind="custom", causal=spec.causal, window=spec.window if spec.kind == "sliding_window" else None,
+                             mask_mod=lambda b_, h_, q_, k_: (q_ + k_) % stride != 1)  # fmt: skip
+    extras = dict(sink=data.draw(st.sampled_from([0, 0, 1, 3, 9])))
+    if impl == "reference":  # sdpa has no soft-capping
+        extras["softcap"] = data.draw(st.sampled_from([None, 0.7, 3.0]))
+    spec = dataclasses.replace(spec, **extras)
     scale = data.draw(st.none() | st.floats(0.05, 2.0))
     q, k, v = (t.requires_grad_() for t in qkv(shape, dtype, seed))
     out = attention(q, k, v, spec, impl=impl, scale=scale)
@@ -81,7 +90,7 @@ def test_valid_inputs_match_the_oracle(data, shape, dtype, impl, seed):
 
     mask = oracle_mask(spec, n_q, n_k)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref = oracle_attention(q64, k64, v64, mask, scale)
+    ref = oracle_attention(q64, k64, v64, mask, scale, spec.softcap)
     tol = TOL[dtype] * max(1.0, ref.abs().max().item())
     assert (out.double() - ref).abs().max().item() <= tol, f"{impl} {spec} {shape} {dtype}"
     dout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -203,11 +212,19 @@ def test_invalid_inputs_raise_value_error_naming_the_problem(data, corrupt, impl
 
 _SPEC_ERRORS = [
     (dict(kind="sliding_window", window=st.integers(-5, 0)), "window"),
-    (dict(kind="sliding_window", window=st.tuples(st.integers(-5, -1), st.integers(0, 5))), "window"),
+    (dict(kind="sliding_window", window=st.tuples(st.integers(-5, -2), st.integers(-1, 5))), "window"),
+    (dict(kind="sliding_window", window=st.tuples(st.integers(-1, 5), st.integers(-9, -2))), "window"),
     (dict(kind="sliding_window", window=st.floats(allow_nan=True)), "window"),
     (dict(kind="sliding_window", window=st.none()), "window"),
     (dict(kind="dense", window=st.integers(1, 5)), "window"),
-    (dict(kind=st.text(max_size=8).filter(lambda s: s not in ("dense", "sliding_window", "block_sparse"))), "kind"),
+    (dict(kind=st.text(max_size=8).filter(lambda s: s not in ("dense", "sliding_window", "block_sparse", "custom"))),
+     "kind"),
+    (dict(kind="dense", sink=st.sampled_from([-1, -7, 1.5, True, "4", None])), "sink"),
+    (dict(kind="dense", softcap=st.sampled_from([0, 0.0, -1.0, float("nan"), float("inf"), True, "5"])), "softcap"),
+    (dict(kind="custom", mask_mod=st.sampled_from([None, 3, "q >= k"])), "mask_mod"),
+    (dict(kind="dense", mask_mod=st.just(lambda b, h, q, k: q >= k)), "mask_mod"),
+    (dict(kind="custom", mask_mod=st.sampled_from([lambda q, k: q >= k, lambda b, h, q, k: (q - k).float(),
+                                                   lambda b, h, q, k: 1 / 0, lambda b, h, q, k: True])), "mask_mod"),
     (dict(kind="dense", causal=st.sampled_from([1, "yes", None])), "causal"),
     (dict(kind="block_sparse", pattern="local", block_size=st.sampled_from([0, 3, 6, -4, 12])), "block_size"),
     (dict(kind="block_sparse", pattern="random", density=st.sampled_from([0.0, -0.5, 1.5, float("nan")])), "density"),

@@ -39,12 +39,16 @@ def why_not(impl: str, spec: AttentionSpec, device="cpu", requires_grad: bool = 
 
 
 def choose_impl(spec: AttentionSpec, device="cpu", requires_grad: bool = False, *,
-                dtype: torch.dtype | None = None, head_dim: int | None = None) -> str:
+                dtype: torch.dtype | None = None, head_dim: int | None = None,
+                return_lse: bool = False) -> str:
     """What ``impl="auto"`` runs: the first of triton, flex, sdpa that serves the spec, the
-    device, the dtype and the head dim on CUDA; sdpa on CPU; else the reference."""
+    device, the dtype and the head dim (and returns the LSE when asked) on CUDA; sdpa on CPU;
+    else the reference."""
     device = torch.device(device)
     order = ("triton", "flex", "sdpa") if device.type == "cuda" else ("sdpa",)
     for name in order:
+        if return_lse and not IMPLS[name].lse:
+            continue
         if IMPLS[name].why_not(spec, device, requires_grad, dtype=dtype, head_dim=head_dim) is None:
             return name
     return "reference"
@@ -60,7 +64,9 @@ def attention(
     *,
     doc_ids: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+    layout: str = "bhnd",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of q over k, v restricted to the pairs `spec` allows (and, with document
     boundaries, to each token's own document).
 
@@ -77,10 +83,36 @@ def attention(
             varlen convention, ``0 = cu[0] < ... < cu[-1] = Nk``) shared by every row, or a
             list of B such tensors, one per row.
 
+        return_lse: also return the log-sum-exp ``[B, Hq, Nq]`` (fp32; fp64 from the reference
+            for fp64 inputs): natural log of the sum of ``exp`` of the scaled (and capped) scores
+            over the allowed keys, ``-inf`` for a query with none. For merging partial
+            attentions and for distillation. Served by reference, flex and triton, all
+            differentiable through it; sdpa cannot return it.
+        layout: ``"bhnd"`` (default, ``[B, H, N, D]``) or ``"bnhd"`` (``[B, N, H, D]``, the
+            flash-attn convention): q, k, v and the output use it; the LSE stays ``[B, H, N]``.
+
     Returns:
-        [B, Hq, Nq, D] in q's dtype. A query with no allowed key gets zeros (and zero
-        gradients), never NaN.
+        [B, Hq, Nq, D] (or [B, Nq, Hq, D] with layout="bnhd") in q's dtype, and the LSE with
+        ``return_lse``. A query with no allowed key gets zeros (and zero gradients), never NaN.
     """
+    if layout not in ("bhnd", "bnhd"):
+        raise ValueError(f"layout={layout!r} is unknown; allowed: 'bhnd' ([B, H, N, D]) or 'bnhd' ([B, N, H, D])")
+    if not isinstance(return_lse, bool):
+        raise ValueError(f"return_lse={return_lse!r} must be a bool")
+    if layout == "bnhd":
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if isinstance(t, torch.Tensor) and t.dim() != 4:
+                raise ValueError(f"{name} must be 4-D [B, N, H, D] (layout='bnhd'), got shape {tuple(t.shape)}")
+        q, k, v = (t.transpose(1, 2) if isinstance(t, torch.Tensor) else t for t in (q, k, v))
+    result = _attention(q, k, v, spec, impl, scale, doc_ids, cu_seqlens, return_lse)
+    if layout == "bhnd":
+        return result
+    if return_lse:
+        return result[0].transpose(1, 2), result[1]
+    return result.transpose(1, 2)
+
+
+def _attention(q, k, v, spec, impl, scale, doc_ids, cu_seqlens, return_lse):
     _check_inputs(q, k, v, spec, scale)
     docs = resolve_documents(
         doc_ids, cu_seqlens, n_q=q.shape[2], n_k=k.shape[2], batch=q.shape[0], device=q.device
@@ -89,7 +121,7 @@ def attention(
         raise ValueError(f"impl={impl!r} must be a string: auto, {', '.join(IMPLS)}")
     requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     inputs = dict(dtype=q.dtype, head_dim=q.shape[-1])
-    name = choose_impl(spec, q.device, requires_grad, **inputs) if impl == "auto" else impl
+    name = choose_impl(spec, q.device, requires_grad, return_lse=return_lse, **inputs) if impl == "auto" else impl
     if name not in IMPLS:
         raise NotImplementedError(
             f"impl={impl!r} is unknown; known: auto, {', '.join(IMPLS)}; for this spec on "
@@ -102,10 +134,18 @@ def attention(
             f"D={q.shape[-1]}: {reason}. Impls that can: "
             f"{', '.join(available_impls(spec, q.device, requires_grad, **inputs))}"
         )
+    if return_lse and not IMPLS[name].lse:
+        can = [n for n in available_impls(spec, q.device, requires_grad, **inputs) if IMPLS[n].lse]
+        raise NotImplementedError(
+            f"impl={name!r} cannot return the log-sum-exp (return_lse=True). Impls that can: {', '.join(can)}"
+        )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if docs is None:
-        return IMPLS[name].run(q, k, v, spec, scale)
-    return IMPLS[name].run(q, k, v, spec, scale, doc_ids=docs)
+    kwargs = {}
+    if docs is not None:
+        kwargs["doc_ids"] = docs
+    if return_lse:
+        kwargs["return_lse"] = True
+    return IMPLS[name].run(q, k, v, spec, scale, **kwargs)
 
 
 def _check_inputs(q, k, v, spec, scale):

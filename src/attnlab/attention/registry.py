@@ -12,8 +12,10 @@ import torch
 # and head_dim are those of q; None = not known yet (e.g. listing impls for a spec alone):
 # only what is known is checked.
 WhyNot = Callable[..., str | None]
-# run(q [B,Hq,Nq,D], k [B,Hkv,Nk,D], v [B,Hkv,Nk,D], spec, scale[, doc_ids=]) -> out [B,Hq,Nq,D];
-# `attention()` passes doc_ids (validated int [B or 1, Nk], documents.py) only with documents.
+# run(q [B,Hq,Nq,D], k [B,Hkv,Nk,D], v [B,Hkv,Nk,D], spec, scale[, doc_ids=][, return_lse=True])
+# -> out [B,Hq,Nq,D], or (out, lse [B,Hq,Nq] fp32) with return_lse. `attention()` passes doc_ids
+# (validated int [B or 1, Nk], documents.py) only with documents, return_lse only when asked
+# (and only to impls with lse=True).
 Run = Callable[..., torch.Tensor]
 
 
@@ -23,6 +25,8 @@ class Impl:
     run: Run
     why_not: WhyNot
     description: str
+    lse: bool = False  # can return the log-sum-exp (attention(..., return_lse=True))
+    lse_grad: bool = False  # ... and differentiate through it
 
 
 IMPLS: dict[str, Impl] = {}

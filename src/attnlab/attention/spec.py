@@ -11,8 +11,19 @@ Token-level rules (combined with AND):
 * ``causal``: key ``j`` allowed iff ``j <= p``.
 * ``window=W`` (int >= 1): causal -> ``p - W < j <= p`` (the W most recent keys including
   itself, the Mistral / FlexAttention convention); non-causal -> ``|p - j| < W``.
-* ``window=(left, right)`` (ints >= 0): ``p - left <= j <= p + right`` (flash-attn
-  ``window_size``); ``causal`` additionally requires ``j <= p``.
+* ``window=(left, right)`` (ints >= 0, or -1 = unbounded on that side, as flash-attn's
+  ``window_size``): ``p - left <= j <= p + right``; ``causal`` additionally requires ``j <= p``.
+* ``kind="custom"``: ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (FlexAttention's signature, raw
+  row / column indices: ``q_idx`` is the query row i, not its aligned position) must be True;
+  evaluated with ``b = 0`` (batch-dependent masks are documents, below) and ``h = 0``, or each
+  ``h < heads`` when ``heads`` is given (per-head masks).
+
+Sinks: ``sink=S`` (int >= 0) ORs in the keys ``j < S`` (StreamingLLM's attention sinks),
+whatever the kind's other rules, except causality (``j <= p`` still holds when causal).
+Documents (below) still apply to sink keys.
+
+Scores: ``softcap=c`` (float > 0) turns each scaled score ``s`` into ``c * tanh(s / c)``
+before masking (Gemma 2, flash-attn ``softcap``). It changes values, not which pairs interact.
 
 Block-level rule (``kind="block_sparse"``): the (query block, key block) pair must be True
 in the layout, given explicitly (``layout``) or generated from ``pattern``; the token
@@ -27,7 +38,9 @@ in the document of the query's aligned position p, ANDed with every rule above.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -36,7 +49,7 @@ from attnlab.attention import patterns as _patterns
 from attnlab.attention.documents import resolve_documents, same_document
 from attnlab.errors import check_seed
 
-KINDS = ("dense", "sliding_window", "block_sparse")
+KINDS = ("dense", "sliding_window", "block_sparse", "custom")
 PATTERNS = _patterns.PATTERNS
 MODES = {"fwd": (1, 1), "bwd": (5, 2), "fwd_bwd": (7, 2)}  # (num, den) multiples of the forward
 _ROW_CHUNK = 1024  # query rows per chunk when counting pairs (bounds memory at long N)
@@ -69,6 +82,10 @@ class AttentionSpec:
             parts: draw a different layout for each of this many heads).
         layout: block_sparse only, instead of ``pattern``: bool tensor
             ``[H or 1, Mb, Kb]``, True = the block is computed.
+        sink: keys ``j < sink`` are always visible (causality still applies); any kind.
+        softcap: scores become ``softcap * tanh(s / softcap)`` (None: off); any kind.
+        mask_mod: kind="custom" only: ``fn(b, h, q_idx, kv_idx) -> bool tensor`` (module
+            docstring); ``heads`` (optional) = how many heads it distinguishes.
     """
 
     kind: str = "dense"
@@ -84,6 +101,9 @@ class AttentionSpec:
     density: float | None = None
     seed: int = 0
     heads: int | None = None
+    sink: int = 0
+    softcap: float | None = None
+    mask_mod: Callable | None = None
     _pattern_fields: tuple = field(default=(), init=False, repr=False)
 
     # ------------------------------------------------------------------ validation
@@ -94,10 +114,19 @@ class AttentionSpec:
             raise ValueError(f"AttentionSpec.causal={self.causal!r} must be a bool (True or False)")
         check_seed("AttentionSpec.seed", self.seed)
         self._check_window()
+        self._check_sink_softcap()
+        if self.kind == "custom":
+            self._check_custom()
+        elif self.mask_mod is not None:
+            raise ValueError(
+                f"AttentionSpec.mask_mod is only allowed with kind='custom', not kind={self.kind!r}"
+            )
         if self.kind == "block_sparse":
             self._check_block_sparse()
         else:
             for name in ("block_size", "pattern", "layout", *_patterns.PARAMS):
+                if name == "heads" and self.kind == "custom":
+                    continue
                 if getattr(self, name) is not None:
                     raise ValueError(
                         f"AttentionSpec.{name}={_show(getattr(self, name))} is only allowed with "
@@ -125,14 +154,47 @@ class AttentionSpec:
             if w < 1:
                 raise ValueError(f"AttentionSpec.window={w} must be >= 1 (the number of keys a query sees)")
         elif isinstance(w, tuple):
-            if len(w) != 2 or not all(_is_int(x) for x in w) or min(w) < 0:
+            if len(w) != 2 or not all(_is_int(x) for x in w) or min(w) < -1:
                 raise ValueError(
-                    f"AttentionSpec.window={w!r}: a window pair must be (left, right) with ints >= 0"
+                    f"AttentionSpec.window={w!r}: a window pair must be (left, right) with ints >= 0, "
+                    "or -1 for unbounded on that side (flash-attn's window_size)"
                 )
         else:
             raise ValueError(
-                f"AttentionSpec.window={w!r} must be an int >= 1 or a (left, right) pair of ints >= 0"
+                f"AttentionSpec.window={w!r} must be an int >= 1 or a (left, right) pair of ints >= 0 "
+                "(-1 = unbounded)"
             )
+
+    def _check_sink_softcap(self):
+        if not _is_int(self.sink) or self.sink < 0:
+            raise ValueError(
+                f"AttentionSpec.sink={self.sink!r} must be an int >= 0 (keys j < sink are always visible)"
+            )
+        cap = self.softcap
+        if cap is None:
+            return
+        if isinstance(cap, bool) or not isinstance(cap, int | float) or not math.isfinite(cap) or cap <= 0:
+            raise ValueError(f"AttentionSpec.softcap={cap!r} must be a finite number > 0, or None (no capping)")
+        object.__setattr__(self, "softcap", float(cap))
+
+    def _check_custom(self):
+        fn = self.mask_mod
+        if fn is None or not callable(fn):
+            raise ValueError(
+                f"AttentionSpec.mask_mod={fn!r}: kind='custom' needs a callable "
+                "mask_mod(b, h, q_idx, kv_idx) -> bool tensor"
+            )
+        try:
+            inspect.signature(fn).bind(0, 0, 0, 0)
+        except TypeError as e:
+            raise ValueError(
+                f"AttentionSpec.mask_mod={_show(fn)} must take 4 arguments (b, h, q_idx, kv_idx): {e}"
+            ) from None
+        except ValueError:  # no signature (some builtins): the trial call below decides
+            pass
+        if self.heads is not None and (not _is_int(self.heads) or self.heads < 1):
+            raise ValueError(f"AttentionSpec.heads={self.heads!r} must be an int >= 1 (heads mask_mod distinguishes)")
+        self._custom_mask(torch.arange(3), 3, 3)  # a trial call: bad callables fail here, named
 
     def _check_block_sparse(self):
         bs = 64 if self.block_size is None else self.block_size
@@ -193,6 +255,8 @@ class AttentionSpec:
                 parts.append(f"{f.name}={_show(v)}")
         if self.pattern in ("bigbird", "random"):
             parts.append(f"seed={self.seed}")
+        if not self.sink:
+            parts = [p for p in parts if not p.startswith("sink=")]
         return f"AttentionSpec({', '.join(parts)})"
 
     @property
@@ -204,6 +268,12 @@ class AttentionSpec:
         if self.kind == "block_sparse":
             bits.append(self.pattern or "layout")
             bits.append(f"bs={self.block_size}")
+        if self.kind == "custom":
+            bits.append(getattr(self.mask_mod, "__name__", "mask_mod"))
+        if self.sink:
+            bits.append(f"sink={self.sink}")
+        if self.softcap is not None:
+            bits.append(f"cap={self.softcap:g}")
         if self.causal:
             bits.append("causal")
         return f"{self.kind}({','.join(bits)})" if bits else self.kind
@@ -218,11 +288,13 @@ class AttentionSpec:
         if w is None:
             return None, None
         if isinstance(w, tuple):
-            return w
+            return tuple(None if x == -1 else x for x in w)
         return (w - 1, None) if self.causal else (w - 1, w - 1)
 
     def num_heads(self) -> int:
         """1 if every head shares the mask, else the number of distinct per-head layouts."""
+        if self.kind == "custom":
+            return self.heads or 1
         if self.kind != "block_sparse":
             return 1
         if self.layout is not None:
@@ -258,6 +330,37 @@ class AttentionSpec:
             allowed &= j <= p
         return allowed
 
+    def _sink_mask(self, rows: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
+        """bool [len(rows), Nk]: the sink pairs (``j < sink``, and ``j <= p`` when causal)."""
+        j = torch.arange(n_k, device=rows.device)[None, :]
+        sink = (j < self.sink).expand(rows.numel(), n_k)
+        return sink & (j <= (rows + (n_k - n_q))[:, None]) if self.causal else sink
+
+    def _custom_mask(self, rows: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
+        """bool [H or 1, len(rows), Nk] from ``mask_mod``; a bad callable is a ValueError
+        naming mask_mod."""
+        heads = self.heads or 1
+        h = torch.arange(heads, device=rows.device)[:, None, None]
+        b = torch.zeros((), dtype=torch.long, device=rows.device)
+        q_idx, kv_idx = rows[None, :, None], torch.arange(n_k, device=rows.device)[None, None, :]
+        try:
+            out = self.mask_mod(b, h, q_idx, kv_idx)
+        except Exception as e:  # noqa: BLE001 - the user's function: report it, named
+            raise ValueError(
+                f"AttentionSpec.mask_mod={_show(self.mask_mod)} raised {type(e).__name__}: {e} "
+                "(it is called with int64 tensors b, h [H, 1, 1], q_idx [1, R, 1], kv_idx [1, 1, Nk])"
+            ) from e
+        if not isinstance(out, torch.Tensor) or out.dtype != torch.bool:
+            got = f"{out.dtype} tensor" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"AttentionSpec.mask_mod={_show(self.mask_mod)} must return a bool tensor, got {got}")
+        try:
+            return out.expand(heads, rows.numel(), n_k)
+        except RuntimeError:
+            raise ValueError(
+                f"AttentionSpec.mask_mod={_show(self.mask_mod)} returned shape {tuple(out.shape)}, which "
+                f"does not broadcast to [heads={heads}, rows={rows.numel()}, keys={n_k}]"
+            ) from None
+
     def _rows_mask(self, rows: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
         """bool [H or 1, len(rows), Nk] for the given query rows."""
         mask = self._token_mask(rows, n_q, n_k)[None]
@@ -266,6 +369,10 @@ class AttentionSpec:
             lay = self.block_layout(n_q, n_k).to(rows.device)  # [H, Mb, Kb]
             cols = torch.arange(n_k, device=rows.device) // bs
             mask = mask & lay[:, rows // bs][:, :, cols]
+        elif self.kind == "custom":
+            mask = mask & self._custom_mask(rows, n_q, n_k)
+        if self.sink:
+            mask = mask | self._sink_mask(rows, n_q, n_k)[None]
         return mask
 
     def _docs(self, n_q, n_k, doc_ids, cu_seqlens, device=None):
@@ -352,4 +459,6 @@ def _check_lengths(n_q, n_k):
 def _show(v) -> str:
     if isinstance(v, torch.Tensor):
         return f"Tensor(shape={tuple(v.shape)}, dtype={v.dtype})"
+    if callable(v) and hasattr(v, "__qualname__"):
+        return v.__qualname__
     return repr(v)

@@ -13,11 +13,20 @@ import torch
 from attnlab.attention.registry import IMPLS
 from attnlab.attention.spec import AttentionSpec
 
+
+def _lower_left(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
 EXAMPLES = {
-    "dense": AttentionSpec(kind="dense", causal=True),
-    "sliding_window": AttentionSpec(kind="sliding_window", causal=True, window=256),
-    "block_sparse": AttentionSpec(kind="block_sparse", pattern="bigbird", causal=True),
+    "`dense`": AttentionSpec(kind="dense", causal=True),
+    "`sliding_window`": AttentionSpec(kind="sliding_window", causal=True, window=256),
+    "`block_sparse`": AttentionSpec(kind="block_sparse", pattern="bigbird", causal=True),
+    "`custom` (`mask_mod=`)": AttentionSpec(kind="custom", causal=True, mask_mod=_lower_left),
+    "any kind + `sink=`": AttentionSpec(kind="sliding_window", causal=True, window=256, sink=4),
+    "any kind + `softcap=`": AttentionSpec(kind="sliding_window", causal=True, window=256, softcap=30.0),
 }
+LSE_ROW = "`return_lse=True`"
 
 
 def _cell(impl, spec) -> str:
@@ -37,7 +46,9 @@ def _cell(impl, spec) -> str:
 
 def impl_table() -> str:
     names = list(IMPLS)
-    lines = ["| kind | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
-    for kind, spec in EXAMPLES.items():
-        lines.append(f"| `{kind}` | " + " | ".join(_cell(IMPLS[n], spec) for n in names) + " |")
+    lines = ["| kind / option | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, spec in EXAMPLES.items():
+        lines.append(f"| {label} | " + " | ".join(_cell(IMPLS[n], spec) for n in names) + " |")
+    lse = ["yes, differentiable" if IMPLS[n].lse_grad else "yes" if IMPLS[n].lse else "—" for n in names]
+    lines.append(f"| {LSE_ROW} | " + " | ".join(lse) + " |")
     return "\n".join(lines)

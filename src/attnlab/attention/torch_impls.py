@@ -68,6 +68,7 @@ def _mask_mod(spec, n_q: int, n_k: int, device, doc_ids=None):
         bs = spec.block_size
         per_head = layout.shape[0] > 1
     per_batch = doc_ids is not None and doc_ids.shape[0] > 1
+    custom = spec.mask_mod if spec.kind == "custom" else None
 
     def mask_mod(b, h, q_idx, kv_idx):
         p = q_idx + offset
@@ -80,6 +81,11 @@ def _mask_mod(spec, n_q: int, n_k: int, device, doc_ids=None):
             ok = ok & (kv_idx <= p)
         if layout is not None:
             ok = ok & layout[h if per_head else 0, q_idx // bs, kv_idx // bs]
+        if custom is not None:  # the contract: b = 0, and h = 0 unless the spec sets heads
+            ok = ok & custom(b * 0, h if spec.heads else h * 0, q_idx, kv_idx)
+        if spec.sink:
+            sink = kv_idx < spec.sink
+            ok = ok | ((sink & (kv_idx <= p)) if spec.causal else sink)
         if doc_ids is not None:
             row = b if per_batch else 0
             ok = ok & (doc_ids[row, p] == doc_ids[row, kv_idx])
@@ -126,10 +132,29 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def flex_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
+def _aux_request():
+    """FlexAttention's ``AuxRequest`` (torch >= 2.9: ``return_aux=AuxRequest(lse=True)``
+    replaces the deprecated ``return_lse``), or None on older torch."""
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return None
+    return AuxRequest
+
+
+@functools.lru_cache(maxsize=16)
+def _softcap_score_mod(cap: float):
+    def score_mod(score, b, h, q_idx, kv_idx):  # flex hands it the scaled score
+        return cap * torch.tanh(score / cap)
+
+    return score_mod
+
+
+def flex_attention(q, k, v, spec, scale: float, doc_ids=None, return_lse: bool = False):
     """FlexAttention with a block mask built from the spec (compiled on CUDA, eager on CPU);
-    with ``doc_ids`` [B or 1, Nk] a per-batch block mask that also compares document ids.
-    FlexAttention gives empty rows zeros (and zero gradients)."""
+    with ``doc_ids`` [B or 1, Nk] a per-batch block mask that also compares document ids;
+    soft-capping as a score_mod; ``return_lse``: also the natural-log LSE (fp32, -inf for
+    empty rows). FlexAttention gives empty rows zeros (and zero gradients)."""
     if q.device.type == "cpu":
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             raise NotImplementedError(
@@ -146,11 +171,22 @@ def flex_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
     else:
         block_mask = _doc_block_mask(spec, q.shape[2], k.shape[2], q.device, doc_ids)
     kwargs = dict(block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    if spec.softcap is not None:
+        kwargs["score_mod"] = _softcap_score_mod(spec.softcap)
+    aux = _aux_request() if return_lse else None
+    if return_lse:
+        kwargs.update(return_aux=aux(lse=True)) if aux else kwargs.update(return_lse=True)
     if q.device.type == "cuda":
-        return _compiled_flex()(q, k, v, **kwargs)
-    with warnings.catch_warnings():  # eager flex warns that it is unfused: expected on CPU
-        warnings.simplefilter("ignore", UserWarning)
-        return eager_flex(q, k, v, **kwargs)
+        result = _compiled_flex()(q, k, v, **kwargs)
+    else:
+        with warnings.catch_warnings():  # eager flex warns that it is unfused: expected on CPU
+            warnings.simplefilter("ignore", UserWarning)
+            result = eager_flex(q, k, v, **kwargs)
+    if not return_lse:
+        return result
+    out, lse = result
+    lse = (lse.lse if aux else lse).float()
+    return out, torch.where(lse > float("-inf"), lse, float("-inf"))  # empty rows: -inf
 
 
 # Compiled FlexAttention on CUDA (Inductor's Triton template): head dim >= 16 (tl.dot; smaller
@@ -173,11 +209,17 @@ def _flex_why_not(spec, device, requires_grad, dtype=None, head_dim=None):
     return why_not_bf16(device, dtype, "compiled FlexAttention")
 
 
+def _sdpa_why_not(spec, device, requires_grad, dtype=None, head_dim=None):
+    if spec.softcap is not None:
+        return "SDPA has no soft-capping (softcap=); flex, triton and reference cap scores"
+    return None
+
+
 register(
     Impl(
         name="sdpa",
         run=sdpa_attention,
-        why_not=lambda spec, device, requires_grad, dtype=None, head_dim=None: None,
+        why_not=_sdpa_why_not,
         description="torch scaled_dot_product_attention (is_causal or a bool mask)",
     )
 )
@@ -187,5 +229,7 @@ register(
         run=flex_attention,
         why_not=_flex_why_not,
         description="torch FlexAttention with a block mask (compiled on CUDA; CPU forward only)",
+        lse=True,
+        lse_grad=True,
     )
 )

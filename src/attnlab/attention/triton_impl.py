@@ -10,7 +10,10 @@ import torch
 from attnlab.attention.documents import TensorCache
 from attnlab.attention.registry import Impl, dtype_name, register, why_not_bf16
 
-TRITON_KINDS = ("dense", "sliding_window", "block_sparse")
+TRITON_KINDS = ("dense", "sliding_window", "block_sparse", "custom")
+# kind="custom" runs as a block-sparse layout of 1-token blocks (the spec's exact mask, read
+# per pair in masked tiles): int8 [H, Nq, Nk] on the device, so it is bounded.
+MAX_CUSTOM_MASK_ELEMENTS = 2**28
 # What the kernels take (kernels/flash/interface.py; a test checks that these agree):
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -41,19 +44,38 @@ def document_bounds(doc_ids: torch.Tensor):
     return _DOC_BOUNDS.get(doc_ids, (), lambda: build(doc_ids))
 
 
-def triton_attention(q, k, v, spec, scale: float, doc_ids=None):
+@functools.lru_cache(maxsize=8)
+def custom_layout(spec, n_q: int, n_k: int, device: torch.device) -> torch.Tensor:
+    """kind="custom": the spec's token mask as a 1-token-block layout bool [H or 1, Nq, Nk]
+    (built once per spec, sizes and device; the kernels cache its compression per tensor)."""
+    heads = spec.num_heads()
+    if heads * n_q * n_k > MAX_CUSTOM_MASK_ELEMENTS:
+        raise NotImplementedError(
+            f"impl='triton' serves kind='custom' through an exact per-pair mask of heads x Nq x Nk = "
+            f"{heads} x {n_q} x {n_k} bytes, more than its limit of {MAX_CUSTOM_MASK_ELEMENTS}; "
+            "use impl='flex' (block masks) or shorter sequences"
+        )
+    return spec.dense_mask(n_q, n_k, device=device)
+
+
+def triton_attention(q, k, v, spec, scale: float, doc_ids=None, return_lse: bool = False):
     """Dense and sliding-window attention through `attnlab.kernels.flash.flash_attention`,
-    block-sparse through `block_sparse_attention` with the spec's layout; ``doc_ids``
-    [B or 1, Nk] (documents) go to the kernels, which skip key blocks of other documents."""
+    block-sparse through `block_sparse_attention` with the spec's layout, custom masks through
+    a 1-token-block layout; ``doc_ids`` [B or 1, Nk] (documents) go to the kernels, which skip
+    key blocks of other documents. Sinks and soft-capping are kernel arguments."""
     from attnlab.kernels.flash import block_sparse_attention, flash_attention
 
     left, right = spec.window_bounds()
     docs = None if doc_ids is None else document_bounds(doc_ids)
-    window = dict(causal=spec.causal, window_left=left, window_right=right, scale=scale, doc_ids=docs)
+    kw = dict(causal=spec.causal, window_left=left, window_right=right, scale=scale, doc_ids=docs,
+              sink=spec.sink, softcap=spec.softcap, return_lse=return_lse)  # fmt: skip
     if spec.kind == "block_sparse":
         layout = spec_layout(spec, q.shape[2], k.shape[2], q.device)
-        return block_sparse_attention(q, k, v, layout, spec.block_size, **window)
-    return flash_attention(q, k, v, **window)
+        return block_sparse_attention(q, k, v, layout, spec.block_size, **kw)
+    if spec.kind == "custom":
+        layout = custom_layout(spec, q.shape[2], k.shape[2], q.device)
+        return block_sparse_attention(q, k, v, layout, 1, **kw)
+    return flash_attention(q, k, v, **kw)
 
 
 def _why_not(spec, device, requires_grad, dtype=None, head_dim=None):
@@ -75,6 +97,8 @@ register(
         run=triton_attention,
         why_not=_why_not,
         description="attnlab's Triton FlashAttention-2 style kernels (dense, sliding window, "
-        "block-sparse, document masks; fwd + bwd)",
+        "block-sparse, custom masks, documents, sinks, soft-capping; fwd + bwd)",
+        lse=True,
+        lse_grad=True,
     )
 )

@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m attnlab.viz",
         description="Draw an attention spec's block layout and token mask.",
     )
-    p.add_argument("--kind", default="block_sparse", choices=KINDS)
+    p.add_argument("--kind", default="block_sparse", choices=[k for k in KINDS if k != "custom"],
+                   help="custom masks need a Python mask_mod: call attnlab.viz.masks.plot_spec")
     p.add_argument(
         "--pattern",
         default=None,
@@ -47,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
         "--block-size", type=int, default=None, help="tokens per layout block (default 64)"
     )
     p.add_argument("--causal", action="store_true")
-    p.add_argument("--window", type=_window, default=None, help="W or LEFT,RIGHT")
+    p.add_argument("--window", type=_window, default=None, help="W or LEFT,RIGHT (-1 = unbounded side)")
+    p.add_argument("--sink", type=int, default=0, help="attention sinks: keys j < SINK always visible")
     p.add_argument("--n", type=int, default=512, help="sequence length (Nq = Nk)")
     p.add_argument("--seed", type=int, default=0, help="random patterns (bigbird, random)")
     p.add_argument(
@@ -63,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def spec_from_args(args: argparse.Namespace) -> AttentionSpec:
-    kw = dict(kind=args.kind, causal=args.causal, window=args.window)
+    kw = dict(kind=args.kind, causal=args.causal, window=args.window, sink=args.sink)
     if args.kind == "block_sparse":
         kw.update(pattern=args.pattern or "bigbird", block_size=args.block_size, seed=args.seed)
         for name in (

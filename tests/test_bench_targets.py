@@ -86,3 +86,21 @@ def test_cli_bad_path(tmp_path, capsys):
     assert targets.main([str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
     assert targets.main([str(tmp_path)]) == 2  # a folder without results
+
+
+def test_sink_and_softcap_overheads_compare_with_the_same_spec_without_them(tmp_path):
+    sink = SWA[:-1] + ", sink=4)"
+    cap = CAUSAL[:-1] + ", softcap=30.0)"
+    f = _write(tmp_path / "a" / "results.csv", [
+        _row("triton", "swa1024", SWA, 2.0, 125e9),
+        _row("triton", "swa1024_sink4", sink, 2.2, 126e9),  # 1.10x: misses <= 1.05x
+        _row("triton", "causal", CAUSAL, 10.0, 1000e9),
+        _row("triton", "causal_cap", cap, 10.5, 1000e9),  # 1.05x: meets <= 1.10x
+        _row("triton", "causal_cap", cap, 3.0, 1000e9, mode="fwd"),  # the cap target is fwd+bwd
+    ])
+    got = _by_target(targets.checks_of(targets.read_rows(f), "a"))
+    assert got["sinks: <= 1.05x the time without sinks"].value == pytest.approx(1.1)
+    assert not got["sinks: <= 1.05x the time without sinks"].met
+    assert got["softcap: <= 1.10x the time without the cap (fwd+bwd)"].value == pytest.approx(1.05)
+    assert got["softcap: <= 1.10x the time without the cap (fwd+bwd)"].met
+    assert "dense >= 1.0x flex" not in got  # option rows never count as the plain kinds

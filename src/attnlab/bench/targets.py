@@ -18,6 +18,8 @@ Targets (H100, bf16, our impl ``triton``):
 * block-sparse at N = 16k: >= 1.0x ``flex`` with the same block mask, and speedup over our
   causal dense kernel >= 80% of the ideal (dense pairs / kept pairs).
 * document masking at N = 16k: >= 1.0x ``flex``'s document mask.
+* attention sinks (issue 14): a spec with ``sink=S`` at N = 16k takes <= 1.05x the time of
+  the same spec without sinks; soft-capping: <= 1.10x the time without the cap, fwd+bwd.
 
 "Speedup over causal / ideal" is ``(t_causal / t_x) / (flops_causal / flops_x)``, which is
 the ratio of the two rows' mask-exact TFLOP/s.
@@ -62,9 +64,11 @@ def read_rows(path: Path) -> list[dict]:
         for key in ("ms", "tflops", "flops", "peak_mib"):
             r[key] = float(r[key]) if r.get(key) else math.nan
         r["kind"] = _field(r["spec_repr"], r"kind='(\w+)'")
-        window = _field(r["spec_repr"], r"window=(\d+)\)")
+        window = _field(r["spec_repr"], r"window=(\d+)[,)]")
         r["window"] = int(window) if window else None
         r["documents"] = " documents" in r["spec_repr"]
+        r["sink"] = int(_field(r["spec_repr"], r"sink=(\d+)") or 0)
+        r["softcap"] = "softcap=" in r["spec_repr"]
     return rows
 
 
@@ -96,8 +100,19 @@ def checks_of(rows: list[dict], source: str) -> list[Check]:
         if c is not None:
             out.append(Check(target, _case(r), r["tflops"] / c["tflops"], 0.8, True, source))
 
+    def slower_than_plain(target, r, option_re, threshold):
+        b = other(r, spec_repr=re.sub(option_re, "", r["spec_repr"]))
+        if b is not None:
+            out.append(Check(target, _case(r), r["ms"] / b["ms"], threshold, False, source))
+
     for r in rows:
         if r["impl"] != OURS:
+            continue
+        if r["sink"] and r["n"] >= 16384:
+            slower_than_plain("sinks: <= 1.05x the time without sinks", r, r", sink=\d+", 1.05)
+        if r["softcap"] and r["mode"] == "fwd_bwd":
+            slower_than_plain("softcap: <= 1.10x the time without the cap (fwd+bwd)", r, r", softcap=[^,)]+", 1.10)
+        if r["sink"] or r["softcap"]:
             continue
         dense_plain = r["kind"] == "dense" and not r["documents"]
         if dense_plain and r["n"] >= 4096 and r["head_dim"] in (64, 128):

@@ -3,7 +3,8 @@
 Every ``python -m attnlab.<job>`` turns bad user input (a config value, a missing or
 unreadable file, an unknown override) into ONE line on stderr, ``error: <what>``, naming
 the key or file, the value and what is allowed, and exits with status 2: no traceback.
-``HYDRA_FULL_ERROR=1`` keeps the full traceback (for debugging), as Hydra does.
+``HYDRA_FULL_ERROR=1`` prints the full traceback before that line (for debugging), as Hydra
+does; the exit status stays 2.
 
 - `UserInputError`: what the jobs raise for bad input (a ``ValueError``, so code that
   catches the config dataclasses' ``ValueError`` catches it too).
@@ -27,6 +28,7 @@ import contextlib
 import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
@@ -43,11 +45,19 @@ class UserInputError(ValueError):
 # value that is missing or does not resolve (they subclass ValueError / KeyError / ...).
 VALIDATION_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError)
 
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """`VALIDATION_ERRORS` and Hydra's / OmegaConf's exceptions: what a job's validation phase
+    turns into one line (for jobs that need their own handling, e.g. a sweep that goes on)."""
+    return (*VALIDATION_ERRORS, *_framework_errors())
+
+
 _full_traceback: bool | None = None  # the user's HYDRA_FULL_ERROR, saved by hydra_cli
 
 
 def wants_traceback() -> bool:
-    """True when the user set ``HYDRA_FULL_ERROR=1``: re-raise instead of one line."""
+    """True when the user set ``HYDRA_FULL_ERROR=1``: print the traceback too."""
     if _full_traceback is not None:
         return _full_traceback
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -111,25 +121,30 @@ def one_line(err: BaseException) -> str:
     return joined
 
 
-def exit_with(err: BaseException | str) -> NoReturn:
-    """Print ``error: <one line>`` on stderr and exit with status 2."""
+def print_error(err: BaseException | str) -> None:
+    """``error: <one line>`` on stderr; with ``HYDRA_FULL_ERROR=1`` the traceback first."""
+    if isinstance(err, BaseException) and wants_traceback():
+        traceback.print_exception(err)
     message = err if isinstance(err, str) else one_line(err)
     message = " ".join(message.split("\n"))
     print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def exit_with(err: BaseException | str) -> NoReturn:
+    """`print_error` and exit with status 2."""
+    print_error(err)
     raise SystemExit(EXIT_USAGE)
 
 
 @contextlib.contextmanager
 def user_errors(*types: type[BaseException]) -> Iterator[None]:
     """Around a job's validation phase: a `VALIDATION_ERRORS` (or ``types``, or a Hydra /
-    OmegaConf error) exception ends the process with ``error: <one line>`` and status 2;
-    with ``HYDRA_FULL_ERROR=1`` it propagates with its traceback."""
-    caught = (*VALIDATION_ERRORS, *_framework_errors(), *types)
+    OmegaConf error) exception ends the process with ``error: <one line>`` and status 2
+    (``HYDRA_FULL_ERROR=1``: its traceback first, the same status)."""
+    caught = (*user_error_types(), *types)
     try:
         yield
     except caught as err:
-        if wants_traceback():
-            raise
         exit_with(err)
 
 
@@ -150,8 +165,6 @@ def hydra_cli(main: Callable[[], object]) -> Callable[[], object]:
         try:
             return main()
         except (UserInputError, *_framework_errors()) as err:
-            if _full_traceback:
-                raise
             exit_with(err)
         finally:
             if saved is None:

@@ -357,6 +357,42 @@ def test_unreadable_files_name_the_file(tmp_path, content):
     assert report_main([str(tmp_path), "--no-floor"]) == 0
 
 
+
+@pytest.mark.parametrize("config,why", [
+    ({"model": {"layer_pattern": 5}, "train": {"seed": 0}}, "model.layer_pattern=5 is not a list of names"),
+    ({"model": "tiny", "train": {"seed": 0}}, "model is str 'tiny', not an object"),
+    ({"model": {}, "train": {"seed": "zero"}}, "train.seed='zero' is not an int"),
+    ({"model": {}, "train": [0]}, "train is list [0], not an object"),
+])
+def test_a_malformed_config_is_a_failed_row_and_the_report_goes_on(config, why, tmp_path, capsys):
+    make_run(tmp_path, "good", ["attention=dense", "train.seed=0"], metrics(2.0, 100))
+    bad = tmp_path / "bad"  # no overrides: the label would come from config.json's model section
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "metrics.json").write_text(json.dumps(metrics(2.5, 100)))
+    runs = {r.path.name: r for r in gather_runs(tmp_path)}
+    assert runs["bad"].status == "failed" and runs["bad"].label == "bad"
+    assert runs["bad"].error == f"malformed config.json ({bad / 'config.json'}): {why}"
+    assert runs["good"].status == "complete"
+    assert report_main([str(tmp_path), "--no-floor", "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"- bad: malformed config.json ({bad / 'config.json'}): {why}" in md
+    rows = table_rows(md)
+    assert rows["attention=dense"][0].startswith("2.000") and "bad" in rows
+
+
+def test_a_run_dir_that_cannot_be_read_at_all_is_a_failed_row(tmp_path):
+    make_run(tmp_path, "good", ["attention=dense", "train.seed=0"], metrics(2.0, 100))
+    make_run(tmp_path, "binary", ["attention=swa", "train.seed=0"], error="x")
+    (tmp_path / "binary" / "error.txt").write_bytes(b"Traceback\n\xff\xfe\x00\x1b[31mboom")
+    odd = make_run(tmp_path, "odd", ["attention=bigbird", "train.seed=0"])
+    (odd / "error.txt").mkdir()  # read_text() raises IsADirectoryError
+    runs = {r.path.name: r for r in gather_runs(tmp_path)}
+    assert runs["binary"].status == "failed" and runs["binary"].error.isprintable()
+    assert runs["odd"].status == "failed" and runs["odd"].error.startswith(f"unreadable run dir ({odd}): ")
+    assert report_main([str(tmp_path), "--no-floor", "--out", str(tmp_path / "out")]) == 0
+
+
 def test_task_names_match_the_data_package():
     from attnlab.data.config import TASKS
     from attnlab.report.tables import TASK_NAMES

@@ -7,6 +7,9 @@ here: the library (`attnlab.bench.harness`, `report`, `env`) takes a plain `Benc
     python -m attnlab.bench                                   # CPU-sized default grid
     python -m attnlab.bench impls=[sdpa,flex] seq_lens=[1024,2048] dtypes=[bfloat16]
     python -m attnlab.bench bench=smoke hydra.run.dir=/tmp/bench
+
+Bad input (a value, an unknown key or preset) prints one line ``error: ...`` naming the key
+and exits with status 2, before anything is timed.
 """
 
 from __future__ import annotations
@@ -22,18 +25,19 @@ from attnlab.bench.config import BenchConfig
 from attnlab.bench.env import environment
 from attnlab.bench.harness import run_benchmark
 from attnlab.bench.report import markdown, write_csv, write_env, write_plot
+from attnlab.errors import UserInputError, hydra_cli, user_errors
 from attnlab.paths import CONF_DIR
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():  # a bad value or an unwritable run dir: one line, status 2
         bench_cfg = BenchConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserInputError(f"hydra.run.dir={str(out_dir)!r} cannot be created: {err.strerror or err}") from err
 
     device = bench_cfg.resolved_device()
     env = environment(device)
@@ -69,5 +73,12 @@ def _report(bench_cfg: BenchConfig, rows: list, env: dict, out_dir: Path, note: 
     print(table)
     print("wrote: " + ", ".join(str(p) for p in paths))
 
+
+def cli() -> None:
+    """``python -m attnlab.bench``: Hydra's own errors (an unknown key, a preset that does not
+    exist) as one line ``error: ...`` and status 2, like bad values."""
+    hydra_cli(main)()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -10,7 +10,8 @@ scratch val bpb, parameter and tokens/s ratios), checkpoints/latest.pt (step_<N>
 latest_dcp.json with FSDP); ``scratch/`` for ``baseline=scratch``. A rerun with the same
 config in the same run dir is skipped. Under torchrun every process takes its rows of each
 global batch and rank 0 alone writes files, as `python -m attnlab.train` does.
-Config errors exit with status 2 and a message naming the key.
+Bad input (a config value, an unknown key, a teacher that is missing or not a model) prints
+one line `error: ...` naming the key and exits with status 2 (HYDRA_FULL_ERROR=1: the traceback).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 from attnlab.configs import from_dict
 from attnlab.data import DataConfig, data_config_from_dict
 from attnlab.distill.config import DistillConfig
-from attnlab.distill.trainer import distill
+from attnlab.distill.trainer import BASELINES, distill
+from attnlab.errors import UserInputError, hydra_cli, print_error, user_error_types
 from attnlab.model import ModelConfig
 from attnlab.paths import CONF_DIR
+from attnlab.pretrained.sources import load_source
 from attnlab.train import checkpoint as ckpt
-from attnlab.train.__main__ import _quiet_other_ranks, open_run
+from attnlab.train.__main__ import _quiet_other_ranks, _record_failed_config, open_run
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import Dist, setup, world_size_from_env
 from attnlab.train.loop import check_world_size
@@ -50,11 +53,18 @@ def main(cfg: DictConfig) -> None:
         if cfg.get("teacher") in (None, "", "???") or OmegaConf.is_missing(cfg, "teacher"):
             raise ValueError("teacher is not set: teacher=<run dir of python -m attnlab.train | .pt | smollm2 | gguf:<path>>")
         model_cfg, data_cfg, distill_cfg, train_cfg = configs_from(cfg)
+        if cfg.baseline not in BASELINES:
+            raise UserInputError(f"baseline={cfg.baseline!r} is not allowed: one of {', '.join(BASELINES)}")
+        if not isinstance(cfg.resume, bool):
+            raise UserInputError(f"resume={cfg.resume!r} is not allowed: true or false")
         if train_cfg.distributed != "none":
             check_world_size(data_cfg, world_size_from_env())
         dist = setup(train_cfg.distributed, train_cfg.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except user_error_types() as err:
+        print_error(err)  # one line (HYDRA_FULL_ERROR=1: the traceback first)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            _record_failed_config(cfg, err)
+            return
         sys.exit(2)
     try:
         _run(cfg, model_cfg, data_cfg, distill_cfg, train_cfg, dist)
@@ -67,10 +77,19 @@ def _run(cfg: DictConfig, model_cfg, data_cfg, distill_cfg, train_cfg, dist: Dis
     run_dir, record, _, done = open_run(cfg, dist)
     if done:
         return
+    try:  # the teacher is the user's input: a missing or unreadable one is one line, status 2
+        teacher = load_source(str(cfg.teacher), "teacher", context=None, cache_dir=data_cfg.resolved_cache_dir())
+    except UserInputError as err:
+        print_error(err)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            if dist.is_main:
+                _record_failed_config(cfg, err)
+            return
+        sys.exit(2)
     if dist.is_main:
         (run_dir / "error.txt").unlink(missing_ok=True)
     try:
-        metrics = distill(model_cfg, data_cfg, distill_cfg, train_cfg, run_dir, teacher=str(cfg.teacher),
+        metrics = distill(model_cfg, data_cfg, distill_cfg, train_cfg, run_dir, teacher=teacher,
                           baseline=str(cfg.baseline), resume=bool(cfg.resume), config_record=record, dist=dist)
     except Exception as err:
         where = f"rank {dist.rank} of {dist.world}\n" if dist.active else ""
@@ -84,6 +103,11 @@ def _run(cfg: DictConfig, model_cfg, data_cfg, distill_cfg, train_cfg, dist: Dis
         print(f"run dir: {run_dir}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command: Hydra's own errors (an unknown key or config option) end as one line, status 2."""
     sys.argv = _quiet_other_ranks(sys.argv)
-    main()
+    hydra_cli(main)()
+
+
+if __name__ == "__main__":
+    cli()

@@ -6,7 +6,11 @@ distance for recall tasks), Pareto plots and, for recall tasks, accuracy_by_dist
 
 Rows are not ranked by quality: the baseline comes first, then ascending attention FLOPs.
 Read the Δ column and the lines under the table; "not significant" means the interval
-crosses 0 and the row cannot be told apart from the baseline."""
+crosses 0 and the row cannot be told apart from the baseline.
+
+A run dir whose files cannot be read (a truncated or malformed config.json or metrics.json) is
+a failed row naming the file and why; the report goes on. Bad arguments print one line
+``error: ...`` and exit with status 2."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from attnlab.errors import ArgumentParser, UserInputError, print_error
 from attnlab.report.compare import QUALITY, build_report
 from attnlab.report.gather import gather_runs
 from attnlab.report.plots import BY_DISTANCE_FIGURE, write_accuracy_by_distance, write_pareto_plots
@@ -21,7 +26,7 @@ from attnlab.report.tables import write_csv
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnlab.report", description=__doc__,
+    parser = ArgumentParser(prog="python -m attnlab.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", help="folder holding run dirs (searched recursively)")
     parser.add_argument("--out", default=None, help="where to write the report (default: the sweep dir)")
@@ -34,18 +39,21 @@ def main(argv=None) -> int:
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the n-gram floor rows (attnlab.data.ngram) of language-model sweeps")
     args = parser.parse_args(argv)
+    out = Path(args.out or args.sweep_dir)
     try:
         runs = gather_runs(args.sweep_dir)
         report = build_report(runs, args.metric, args.baseline, args.confidence, floor=not args.no_floor)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_csv(runs, out / "report.csv")
+            (out / "report.md").write_text(report.markdown + "\n")
+        except OSError as err:
+            raise UserInputError(f"--out {out}: cannot write the report there ({err.strerror or err})") from err
+    except (ValueError, TypeError) as err:
+        print_error(err)
         return 2
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
-    out = Path(args.out or args.sweep_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(runs, out / "report.csv")
-    (out / "report.md").write_text(report.markdown + "\n")
     floors = {r["label"]: r["val_bpb"] for r in report.references}
     plots = write_pareto_plots(report.rows, out, report.metric.key, floors)
     if report.task and report.by_distance:

@@ -79,11 +79,28 @@ def _label(overrides: list[str], config: dict) -> str:
     return f"d{model.get('d_model')}x{model.get('n_layers')} " + ",".join(sorted(set(model.get("layer_pattern", []))))
 
 
+def _malformed(config: dict) -> str:
+    """Why a config.json that parses is still not a run's record ("" when it is): the parts the
+    report reads (sections, train.seed, model.layer_pattern) have the wrong type."""
+    for section in ("model", "data", "train"):
+        if section in config and not isinstance(config[section], dict):
+            return f"{section} is {type(config[section]).__name__} {config[section]!r:.40}, not an object"
+    seed = (config.get("train") or {}).get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        return f"train.seed={seed!r:.40} is not an int"
+    pattern = (config.get("model") or {}).get("layer_pattern")
+    if pattern is not None and (not isinstance(pattern, list) or not all(isinstance(p, str) for p in pattern)):
+        return f"model.layer_pattern={pattern!r:.60} is not a list of names"
+    return ""
+
+
 def read_run(run_dir: Path) -> Run:
     """What one run dir holds. Never raises for a broken file: the run is ``failed`` and its
     error names the file (a truncated config.json must not stop the report of a sweep)."""
     overrides, overrides_error = _overrides(run_dir)
     config, config_error = _read_json(run_dir / "config.json")
+    if config is not None and (why := _malformed(config)):
+        config, config_error = None, f"malformed config.json ({run_dir / 'config.json'}): {why}"
     if config is None:  # the label and seed come from the overrides, if any
         label = " ".join(o for o in overrides if _key(o) not in SEED_KEYS) or run_dir.name
         return Run(run_dir, "failed", label, _seed_from_overrides(overrides), error=config_error,
@@ -95,7 +112,8 @@ def read_run(run_dir: Path) -> Run:
     run = Run(run_dir, "partial", label, seed, overrides=overrides, config=config)
     if error_file.exists():
         lines = error_file.read_text(errors="replace").strip().splitlines() or ["(empty error.txt)"]
-        run.status, run.error = "failed", lines[-1][:300]
+        last = "".join(ch if ch.isprintable() else "?" for ch in lines[-1])  # a binary file: no control bytes
+        run.status, run.error = "failed", last[:300]
     elif overrides_error:
         run.status, run.error = "failed", overrides_error
     elif metrics_file.exists():
@@ -120,11 +138,22 @@ def _shorten_labels(runs: list[Run]) -> None:
             run.label = " ".join(sorted(kept))  # the same label whatever order the overrides came in
 
 
+def _read_or_fail(run_dir: Path) -> Run:
+    """`read_run`, and a ``failed`` row naming the run dir if reading it still goes wrong (an
+    error.txt that is a folder, a file without read permission...): one broken run never stops
+    the report of the others."""
+    try:
+        return read_run(run_dir)
+    except Exception as err:
+        return Run(run_dir, "failed", run_dir.name, None,
+                   error=f"unreadable run dir ({run_dir}): {type(err).__name__}: {err}")
+
+
 def gather_runs(root) -> list[Run]:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"sweep dir {root} does not exist or is not a folder")
-    runs = [read_run(p.parent) for p in sorted(root.rglob("config.json"))]
+    runs = [_read_or_fail(p.parent) for p in sorted(root.rglob("config.json"))]
     if not runs:
         raise ValueError(f"no runs under {root} (a run dir holds config.json, written when training starts)")
     _shorten_labels(runs)

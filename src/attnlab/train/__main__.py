@@ -16,7 +16,9 @@ Rerunning into the same run dir (a sweep rerun, a run restarted after a kill):
   function of the step, checkpoints hold every RNG state); anything else starts fresh;
 - `resume=true` continues from the checkpoint whatever its config (e.g. more train.steps);
   `resume=false` always starts fresh.
-Config errors exit with status 2 and a message naming the key (e.g. `train.lr=-1.0 ...`).
+Config errors (a bad value, an unknown key or config option) print one line `error: ...` naming
+the key (e.g. `train.lr=-1.0 ...`) and exit with status 2; in a sweep (-m) the run is recorded
+as failed and the sweep goes on. HYDRA_FULL_ERROR=1 shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from attnlab.attention import AttentionSpec
 from attnlab.configs import from_dict
 from attnlab.data import DataConfig, build_data, data_config_from_dict
+from attnlab.errors import hydra_cli, print_error, user_error_types
 from attnlab.model import ModelConfig
 from attnlab.paths import CONF_DIR
 from attnlab.train import checkpoint as ckpt
@@ -163,8 +166,8 @@ def main(cfg: DictConfig) -> float | None:
         corpus = load_corpus(data_cfg)
         model_cfg = check_against_corpus(model_cfg, data_cfg, corpus)
         dist = setup(train_cfg.distributed, train_cfg.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except user_error_types() as err:
+        print_error(err)  # one line (HYDRA_FULL_ERROR=1: the traceback first)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return _record_failed_config(cfg, err)
         sys.exit(2)
@@ -225,6 +228,11 @@ def _quiet_other_ranks(argv: list[str]) -> list[str]:
     return argv + [f"{k}={v}" for k, v in quiet.items() if k not in given]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command: Hydra's own errors (an unknown key or config option) end as one line, status 2."""
     sys.argv = _quiet_other_ranks(sys.argv)
-    main()
+    hydra_cli(main)()
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,15 +4,20 @@ python -m attnlab.viz --pattern bigbird --causal --n 1024 --block-size 64 --out 
 python -m attnlab.viz --pattern random --density 0.3 --heads 4 --seed 1
 python -m attnlab.viz --kind sliding_window --window 64 --causal --n 256
 python -m attnlab.viz --pattern longformer --window 100,100
+
+Bad arguments print one line ``error: ...`` naming the option and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import re
 
 from attnlab.attention.spec import KINDS, PATTERNS, AttentionSpec
+from attnlab.errors import ArgumentParser, UserInputError, print_error
 from attnlab.viz.masks import plot_spec
+
+MAX_N = 8192  # the token mask is drawn N x N: beyond this the PNG shows nothing more, memory grows as N^2
 
 
 def _window(text: str):
@@ -32,7 +37,7 @@ def _window(text: str):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m attnlab.viz",
         description="Draw an attention spec's block layout and token mask.",
     )
@@ -98,10 +103,23 @@ def _file_name(spec: AttentionSpec) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        spec = spec_from_args(args)
-        out = plot_spec(spec, args.n, args.out or _file_name(spec))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not 1 <= args.n <= MAX_N:
+            raise UserInputError(f"--n {args.n} is not allowed: a sequence length in [1, {MAX_N}]")
+        try:
+            spec = spec_from_args(args)
+        except ValueError as err:  # AttentionSpec.<field>=...: lead with the option that set it
+            field = re.match(r"AttentionSpec\.(\w+)=", str(err))
+            option = f"--{field.group(1).replace('_', '-')}" if field else None
+            if option and any(option in a.option_strings for a in parser()._actions):
+                raise UserInputError(f"{option}: {err}") from err
+            raise
+        out = args.out or _file_name(spec)
+        try:
+            out = plot_spec(spec, args.n, out)
+        except OSError as err:
+            raise UserInputError(f"--out {out}: cannot write the PNG ({err.strerror or err})") from err
+    except (ValueError, TypeError) as err:
+        print_error(err)
         return 2
     print(f"wrote {out}")
     return 0

@@ -8,7 +8,8 @@
 Writes into the run dir: config.json, metrics.jsonl, metrics.json (student / teacher /
 scratch val bpb, parameter and tokens/s ratios), checkpoints/latest.pt (step_<N>.dcp/ +
 latest_dcp.json with FSDP); ``scratch/`` for ``baseline=scratch``. A rerun with the same
-config in the same run dir is skipped. Under torchrun every process takes its rows of each
+config in the same run dir is skipped; ``resume=auto|true|false|force`` and run-dir locking
+are the training job's (`python -m attnlab.train`). Under torchrun every process takes its rows of each
 global batch and rank 0 alone writes files, as `python -m attnlab.train` does.
 Config errors exit with status 2 and a message naming the key.
 """
@@ -35,6 +36,7 @@ from attnlab.train.__main__ import _quiet_other_ranks, open_run
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import Dist, setup, world_size_from_env
 from attnlab.train.loop import check_world_size
+from attnlab.train.rundir import RunDirError, locked, parse_resume
 
 
 def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, DistillConfig, TrainConfig]:
@@ -50,6 +52,7 @@ def main(cfg: DictConfig) -> None:
         if cfg.get("teacher") in (None, "", "???") or OmegaConf.is_missing(cfg, "teacher"):
             raise ValueError("teacher is not set: teacher=<run dir of python -m attnlab.train | .pt | smollm2 | gguf:<path>>")
         model_cfg, data_cfg, distill_cfg, train_cfg = configs_from(cfg)
+        parse_resume(cfg.resume)
         if train_cfg.distributed != "none":
             check_world_size(data_cfg, world_size_from_env())
         dist = setup(train_cfg.distributed, train_cfg.device)
@@ -67,11 +70,16 @@ def _run(cfg: DictConfig, model_cfg, data_cfg, distill_cfg, train_cfg, dist: Dis
     run_dir, record, _, done = open_run(cfg, dist)
     if done:
         return
-    if dist.is_main:
-        (run_dir / "error.txt").unlink(missing_ok=True)
     try:
-        metrics = distill(model_cfg, data_cfg, distill_cfg, train_cfg, run_dir, teacher=str(cfg.teacher),
-                          baseline=str(cfg.baseline), resume=bool(cfg.resume), config_record=record, dist=dist)
+        with locked(run_dir, dist):
+            metrics = distill(model_cfg, data_cfg, distill_cfg, train_cfg, run_dir, teacher=str(cfg.teacher),
+                              baseline=str(cfg.baseline), resume=parse_resume(cfg.resume), config_record=record,
+                              dist=dist)
+    except RunDirError as err:  # locked, or a run it would destroy: the run dir is left as it is
+        print(f"error: {err}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return
+        sys.exit(2)
     except Exception as err:
         where = f"rank {dist.rank} of {dist.world}\n" if dist.active else ""
         ckpt.atomic_write_text(where + traceback.format_exc(), run_dir / "error.txt")

@@ -13,7 +13,7 @@ from attnlab.distill.cache import cache_key, locked
 from attnlab.distill.losses import hard_loss
 from attnlab.model import Transformer
 from attnlab.train.distributed import Dist
-from attnlab.train.fit import fit
+from attnlab.train.fit_loop import fit
 from attnlab.train.loop import evaluate
 from attnlab.train.rundir import train_keys_not_results
 

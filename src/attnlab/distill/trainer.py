@@ -9,7 +9,7 @@ student, build the offline top-k cache if asked, train, evaluate student and tea
 fixed validation set, time both, and with ``baseline="scratch"`` train the same student
 from a random init on the data alone for the same steps, batches and seed (in
 ``<run_dir>/scratch``). The loop (optimizer, schedule, resume, checkpoints, logging,
-evaluation, fault checks) is the training job's, `attnlab.train.fit`, with the distillation
+evaluation, fault checks) is the training job's, `attnlab.train.fit_loop`, with the distillation
 loss as its step loss; the run dir is locked and reruns behave as the training job's
 (`attnlab.train.rundir`). The run dir gets config.json, metrics.jsonl, metrics.json
 and checkpoints/latest.pt (``model`` + ``config``, so a student loads like any trained
@@ -50,7 +50,7 @@ from attnlab.pretrained import Pretrained, build_corpus, load_pretrained
 from attnlab.train import rundir
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import Dist, setup
-from attnlab.train.fit import Batch, Fitted, fit
+from attnlab.train.fit_loop import Batch, Fitted, fit
 from attnlab.train.loop import check_world_size, evaluate, peak_memory_mib
 
 

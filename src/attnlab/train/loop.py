@@ -2,7 +2,7 @@
 
 It builds the model and says what a step's loss is (cross-entropy, or masked LM); the loop
 itself, with exact resume, data parallelism, logging, evaluation, fault checks and
-checkpoints, is `attnlab.train.fit.fit`, shared with distillation. The run dir is locked
+checkpoints, is `attnlab.train.fit_loop.fit`, shared with distillation. The run dir is locked
 while the job writes it, and a rerun never destroys a run (`attnlab.train.rundir`).
 Also here: `evaluate` (val loss and bits per byte; recall accuracy for tasks).
 """
@@ -22,7 +22,7 @@ from attnlab.model import ModelConfig, Transformer, flops_per_token, mask_tokens
 from attnlab.train import rundir
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import Dist, setup
-from attnlab.train.fit import Batch, Fitted, fit
+from attnlab.train.fit_loop import Batch, Fitted, fit
 
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU; unknown cards report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,24 +42,45 @@ def complete(tmp_path_factory):
     return run
 
 
-def test_second_writer_is_refused_naming_the_holders_pid_and_host(tmp_path):
-    run = tmp_path / "run"
+@contextmanager
+def held_by_another_process(run: Path):
+    """``run``'s lock, taken by a child process until the block ends; yields its pid."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from attnlab.train.rundir import locked\n"
                                f"with locked({str(run)!r}):\n    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunDirLocked, match=rf"being written by another job \(pid {holder.pid} on host "
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+def test_second_writer_is_refused_naming_the_holders_pid_and_host(tmp_path):
+    run = tmp_path / "run"
+    with held_by_another_process(run) as pid:
+        with pytest.raises(RunDirLocked, match=rf"being written by another job \(pid {pid} on host "
                                                rf"{socket.gethostname()}\)") as refused:
             train(MODEL, DATA, tcfg(), run)
         assert "\n" not in str(refused.value)
         assert sorted(p.name for p in run.iterdir()) == [".lock"], "the refused job wrote nothing"
-    finally:
-        holder.stdin.close()
-        holder.wait()
     train(MODEL, DATA, tcfg(steps=1, eval_every=0), run)  # the lock is free again
     assert (run / "metrics.json").exists()
+
+
+def test_the_entry_point_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    from attnlab.train.__main__ import main
+
+    quiet = ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", ["attnlab.train", "model=tiny", "data.batch_size=2", "data.val_tokens=64",
+                                      "train.steps=1", "train.logger=none", "train.progress=false", *quiet,
+                                      f"hydra.run.dir={tmp_path}"])
+    with held_by_another_process(tmp_path) as pid, pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and f"(pid {pid} on host" in err, err
+    assert not (tmp_path / "error.txt").exists() and not (tmp_path / "config.json").exists()
 
 
 @pytest.mark.parametrize("resume", ["auto", False])

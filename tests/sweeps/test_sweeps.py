@@ -1,4 +1,4 @@
-"""Sweeps: rerun skips completed runs, launchers (joblib, submitit_local, SLURM preset), Optuna."""
+"""Sweeps: rerun skips completed runs and keeps runs of another config, launchers (joblib, submitit_local, SLURM preset), Optuna."""
 
 import json
 import subprocess
@@ -35,8 +35,14 @@ def test_rerun_skips_completed_runs_and_redoes_changed_ones(tmp_path):
     again = train("-m", "attention=dense,swa", *TINY, f"hydra.sweep.dir={sweep}")
     assert again.stdout.count("skip:") == 2
     assert {r.path.name: json.loads((r.path / "metrics.json").read_text()) for r in gather_runs(sweep)} == first
+    # Another config into the same dirs: each run is kept as it is, the error names the key.
     changed = train("-m", "attention=dense,swa", *TINY, "train.lr=2e-3", f"hydra.sweep.dir={sweep}")
     assert changed.stdout.count("skip:") == 0, "a different config is not skipped"
+    assert changed.stderr.count("of another config (train.lr: 0.001 -> 0.002)") == 2, changed.stderr[-2000:]
+    assert {r.path.name: json.loads((r.path / "metrics.json").read_text()) for r in gather_runs(sweep)} == first
+    forced = train("-m", "attention=dense,swa", *TINY, "train.lr=2e-3", "resume=force", f"hydra.sweep.dir={sweep}")
+    assert forced.stdout.count("skip:") == 0
+    assert all(r.status == "complete" and r.config["train"]["lr"] == 2e-3 for r in gather_runs(sweep))
 
 
 def test_submitit_local_launcher(tmp_path):

@@ -44,7 +44,7 @@ def test_fsdp_trains_and_resumes_exactly(tmp_path, train_cli):
 
 def test_each_rank_gets_its_own_rng_state_back():
     from attnlab.train.distributed import Dist
-    from attnlab.train.loop import _set_rng
+    from attnlab.train.fit_loop import set_rng as _set_rng
 
     states = []
     for seed in (1, 2):

@@ -8,7 +8,8 @@
 Writes into the run dir: config.json, metrics.jsonl, metrics.json (student / teacher /
 scratch val bpb, parameter and tokens/s ratios), checkpoints/latest.pt (step_<N>.dcp/ +
 latest_dcp.json with FSDP); ``scratch/`` for ``baseline=scratch``. A rerun with the same
-config in the same run dir is skipped. Under torchrun every process takes its rows of each
+config in the same run dir is skipped; ``resume=auto|true|false|force`` and run-dir locking
+are the training job's (`python -m attnlab.train`). Under torchrun every process takes its rows of each
 global batch and rank 0 alone writes files, as `python -m attnlab.train` does.
 Bad input (a config value, an unknown key, a teacher that is missing or not a model) prints
 one line `error: ...` naming the key and exits with status 2 (HYDRA_FULL_ERROR=1: the traceback).
@@ -38,6 +39,7 @@ from attnlab.train.__main__ import _quiet_other_ranks, _record_failed_config, op
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import Dist, setup, world_size_from_env
 from attnlab.train.loop import check_world_size
+from attnlab.train.rundir import RunDirError, locked, parse_resume
 
 
 def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, DistillConfig, TrainConfig]:
@@ -55,8 +57,7 @@ def main(cfg: DictConfig) -> None:
         model_cfg, data_cfg, distill_cfg, train_cfg = configs_from(cfg)
         if cfg.baseline not in BASELINES:
             raise UserInputError(f"baseline={cfg.baseline!r} is not allowed: one of {', '.join(BASELINES)}")
-        if not isinstance(cfg.resume, bool):
-            raise UserInputError(f"resume={cfg.resume!r} is not allowed: true or false")
+        parse_resume(cfg.resume)
         if train_cfg.distributed != "none":
             check_world_size(data_cfg, world_size_from_env())
         dist = setup(train_cfg.distributed, train_cfg.device)
@@ -86,11 +87,18 @@ def _run(cfg: DictConfig, model_cfg, data_cfg, distill_cfg, train_cfg, dist: Dis
                 _record_failed_config(cfg, err)
             return
         sys.exit(2)
-    if dist.is_main:
-        (run_dir / "error.txt").unlink(missing_ok=True)
     try:
-        metrics = distill(model_cfg, data_cfg, distill_cfg, train_cfg, run_dir, teacher=teacher,
-                          baseline=str(cfg.baseline), resume=bool(cfg.resume), config_record=record, dist=dist)
+        with locked(run_dir, dist):
+            if dist.is_main:
+                (run_dir / "error.txt").unlink(missing_ok=True)
+            metrics = distill(model_cfg, data_cfg, distill_cfg, train_cfg, run_dir, teacher=teacher,
+                              baseline=str(cfg.baseline), resume=parse_resume(cfg.resume), config_record=record,
+                              dist=dist)
+    except RunDirError as err:  # locked, or a run it would destroy: the run dir is left as it is
+        print(f"error: {err}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return
+        sys.exit(2)
     except Exception as err:
         where = f"rank {dist.rank} of {dist.world}\n" if dist.active else ""
         ckpt.atomic_write_text(where + traceback.format_exc(), run_dir / "error.txt")

@@ -9,13 +9,17 @@ Writes into the run dir: config.json, metrics.jsonl (train/eval records), metric
 wandb run (offline by default; train.logger=none turns it off, train.wandb_mode=online logs
 online when you have a key). A failed run writes error.txt.
 
-Rerunning into the same run dir (a sweep rerun, a run restarted after a kill):
-- a complete run with the same config hash is skipped;
-- `resume=auto` (default): a run dir whose latest checkpoint was written by the same
-  config hash continues from it (the result equals an uninterrupted run: batches are a
-  function of the step, checkpoints hold every RNG state); anything else starts fresh;
+Rerunning into the same run dir (a sweep rerun, a run restarted after a kill) never destroys
+a run, and a run dir has one writer at a time (`attnlab.train.rundir`: a second job writing
+it is refused, naming the holder's pid and host):
+- a complete run of the same config (hash of the keys that change results) is skipped;
+- `resume=auto` (default): an unfinished run of the same config continues from its latest
+  checkpoint (the result equals an uninterrupted run: batches are a function of the step,
+  checkpoints hold every RNG state); a run of another config is kept and the job stops,
+  naming the keys that differ;
 - `resume=true` continues from the checkpoint whatever its config (e.g. more train.steps);
-  `resume=false` always starts fresh.
+  `resume=false` starts only where there is no run to lose; `resume=force` starts over
+  (removes the run's checkpoints and metrics).
 Config errors (a bad value, an unknown key or config option) print one line `error: ...` naming
 the key (e.g. `train.lr=-1.0 ...`) and exit with status 2; in a sweep (-m) the run is recorded
 as failed and the sweep goes on. HYDRA_FULL_ERROR=1 shows the traceback instead.
@@ -23,7 +27,6 @@ as failed and the sweep goes on. HYDRA_FULL_ERROR=1 shows the traceback instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import traceback
@@ -44,6 +47,7 @@ from attnlab.train import checkpoint as ckpt
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import Dist, rank_from_env, setup, world_size_from_env
 from attnlab.train.loop import check_against_corpus, check_world_size, train
+from attnlab.train.rundir import RunDirError, config_hash, holds_run, locked, parse_resume
 
 
 def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, TrainConfig]:
@@ -91,42 +95,12 @@ def load_corpus(data_cfg: DataConfig):
         raise
 
 
-def parse_resume(value) -> bool | str:
-    if isinstance(value, bool) or value == "auto":
-        return value
-    raise ValueError(f"resume={value!r} must be true, false or auto")
-
-
-def config_hash(container: dict) -> str:
-    """Identity of a run's settings (everything but `resume`): a sweep rerun skips a run
-    whose dir already holds a complete metrics.json with this hash."""
-    body = {k: v for k, v in container.items() if k != "resume"}
-    return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def already_complete(run_dir: Path, digest: str) -> bool:
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return metrics.get("status") == "complete" and metrics.get("config_hash") == digest
-
-
-def resume_from(value: bool | str, run_dir: Path, digest: str, sharded: bool) -> tuple[bool, str | None]:
-    """(resume?, why): `auto` resumes iff the latest checkpoint holds this config hash."""
-    if value != "auto":
-        return bool(value), None
-    path = ckpt.latest_in(run_dir / "checkpoints", sharded)
-    if path is None:
-        return False, None
-    try:
-        meta = ckpt.read_meta(path)
-    except Exception as err:  # unreadable: start fresh rather than fail
-        return False, f"resume=auto: {path} is unreadable ({type(err).__name__}); starting fresh"
-    if meta["config"].get("config_hash") != digest:
-        return False, (f"resume=auto: {path} was written by another config "
-                       f"({meta['config'].get('config_hash')}); starting fresh")
-    return True, f"resume=auto: continuing {run_dir} from step {meta['step']} (config {digest})"
 
 
 def _agree_on_run_dir(own: Path, dist: Dist) -> Path:
@@ -180,6 +154,8 @@ def main(cfg: DictConfig) -> float | None:
 def _record_failed_config(cfg: DictConfig, err: Exception) -> float:
     """In a sweep, a run whose config is invalid is recorded as failed and the sweep goes on."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if holds_run(run_dir):  # a run of another config: it is kept as it is
+        return float("nan")
     record = OmegaConf.to_container(cfg, resolve=False)
     ckpt.atomic_write_text(json.dumps(record, indent=2, default=str), run_dir / "config.json")
     ckpt.atomic_write_text(f"invalid config\n{type(err).__name__}: {err}\n", run_dir / "error.txt")
@@ -192,19 +168,20 @@ def _objective(metrics: dict) -> float | None:
 
 def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist) -> float | None:
     hydra_cfg = HydraConfig.get()
-    run_dir, record, digest, done = open_run(cfg, dist)
+    run_dir, record, _, done = open_run(cfg, dist)
     if done:
         return _objective(json.loads((run_dir / "metrics.json").read_text()))
     if hydra_cfg.mode == RunMode.MULTIRUN and train_cfg.wandb_group is None:
         train_cfg.wandb_group = Path(hydra_cfg.sweep.dir).name  # wandb groups a sweep's runs
-    resume, why = resume_from(resume, run_dir, digest, sharded=train_cfg.distributed == "fsdp")
-    if why and dist.is_main:
-        print(why, file=sys.stderr)
-    if dist.is_main:
-        (run_dir / "error.txt").unlink(missing_ok=True)
     try:
-        metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=resume, config_record=record,
-                        corpus=corpus, dist=dist)
+        with locked(run_dir, dist):
+            metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=resume, config_record=record,
+                            corpus=corpus, dist=dist)
+    except RunDirError as err:  # locked, or a run it would destroy: the run dir is left as it is
+        print(f"error: {err}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return float("nan")
+        sys.exit(2)
     except Exception as err:
         # Recorded for `python -m attnlab.report`; in a sweep the other runs go on.
         where = f"rank {dist.rank} of {dist.world}\n" if dist.active else ""

@@ -83,10 +83,14 @@ def file_fingerprint(path: Path) -> str:
 
 def read_checkpoint_config(path: Path) -> tuple[ModelConfig, DataConfig, dict, dict]:
     """``(model config, data config, record, state)`` of an attnlab checkpoint file."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    from attnlab.train import checkpoint as ckpt
+
+    state = ckpt.load(path)  # weights_only, checksum verified: never runs code from the file
+    if "model" not in state or not isinstance(state.get("config"), dict):
         raise ValueError(f"{path} is not an attnlab checkpoint (needs 'model' and 'config' entries)")
     record = state["config"]
+    if not isinstance(record.get("model"), dict) or not isinstance(record.get("data"), dict):
+        raise ValueError(f"{path}: its config record lacks the 'model' and 'data' sections of an attnlab run")
     return (from_dict(ModelConfig, record["model"], "model"), data_config_from_dict(record["data"], "data"),
             record, state)
 

@@ -59,6 +59,27 @@ def test_truncated_cache_is_rebuilt(text_folder):
     assert not again.from_cache and np.array_equal(again.train_tokens, expected)
 
 
+@pytest.mark.parametrize("damage", ["bit flip in train.bin", "bit flip in meta.json", "meta.json not JSON"])
+def test_damaged_cache_is_rebuilt_with_a_warning_naming_the_file(text_folder, damage, caplog):
+    first = build_data(_cfg(text_folder))
+    expected = np.array(first.train_tokens)
+    folder = Path(first.describe()["cache"]["tokens"])
+    target = folder / ("train.bin" if "train.bin" in damage else "meta.json")
+    data = bytearray(target.read_bytes())
+    if damage == "meta.json not JSON":
+        data[:1] = b"]"
+    else:  # one bit, in the middle: sizes unchanged, only the checksum can tell
+        data[len(data) // 2] ^= 0x10
+    broken = target.with_name("broken")
+    broken.write_bytes(bytes(data))
+    os.replace(broken, target)  # renamed over: `first`'s memmap keeps the old pages
+    with caplog.at_level("WARNING", logger="attnlab.data.corpus"):
+        again = build_data(_cfg(text_folder))
+    assert not again.from_cache and np.array_equal(again.train_tokens, expected)
+    assert str(target) in caplog.text and "rebuilding" in caplog.text
+    assert build_data(_cfg(text_folder)).from_cache  # the rebuilt entry verifies
+
+
 def test_train_batch_shapes_and_shift(text_folder):
     data = build_data(_cfg(text_folder))
     x, y = data.train_batch(0)

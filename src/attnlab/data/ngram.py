@@ -32,7 +32,6 @@ CLI: ``python -m attnlab.data.ngram [--context 128] [--val-tokens 16384] [--name
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -40,13 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from attnlab.data.cache import atomic_write_json
+from attnlab.data.cache import read_checked_json, write_checked_json
 from attnlab.data.config import DataConfig
 from attnlab.data.corpus import Corpus, build_data
 
 log = logging.getLogger(__name__)
 
-NGRAM_CACHE_FORMAT = 1
+NGRAM_CACHE_FORMAT = 2  # 2: checked JSON (checksum)
 INT64_MAX = int(np.iinfo(np.int64).max)
 
 
@@ -282,18 +281,18 @@ def ngram_floor(data_cfg: DataConfig, orders=(1, 2, 3, 4, 5)) -> dict[int, float
     path = data_cfg.resolved_cache_dir() / "ngram" / name
     if path.exists():
         try:
-            cached = json.loads(path.read_text())
+            cached = read_checked_json(path)  # CorruptFile (a ValueError) on a checksum mismatch
             if all(cached.get(k) == v for k, v in key.items()):
                 return {int(o): float(b) for o, b in sorted(cached["bpb"].items(), key=lambda kv: int(kv[0]))}
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
-        log.warning("n-gram cache %s is unreadable or stale; computing it again", path)
+        log.warning("n-gram cache %s is unreadable, damaged or stale; computing it again", path)
     start = time.perf_counter()
     model = NgramModel(corpus.tokenizer.vocab_size, orders[-1]).fit(corpus.train_tokens)
     fit_s = time.perf_counter() - start
     bpb = score_corpus(corpus, orders, model)
     log.info("n-gram floor: fit %.2f s, scored in %.2f s", fit_s, time.perf_counter() - start - fit_s)
-    atomic_write_json(
+    write_checked_json(
         path,
         {
             **key,

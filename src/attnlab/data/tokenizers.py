@@ -7,20 +7,24 @@
   fixed byte string, so encode/decode round-trips any text exactly and the bytes a
   window of tokens stands for are known exactly. :func:`train_bpe` caches the trained
   tokenizer as JSON under ``<cache_dir>/tokenizers/`` keyed by the training text's hash
-  and the vocab size.
+  and the vocab size, with its SHA-256 beside it (``<file>.sha256``); a file that does not
+  match (or lacks one) is trained again, with a warning naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from attnlab.data.cache import atomic_write_bytes
+from attnlab.data.cache import atomic_write_bytes, file_sha256
+
+log = logging.getLogger(__name__)
 
 
 class ByteTokenizer:
@@ -175,9 +179,19 @@ def train_bpe(texts: list[str], vocab_size: int, cache_dir: str | Path) -> BPETo
     merge); ``tokenizer.vocab_size`` is the true size.
     """
     path = bpe_cache_path(Path(cache_dir), texts, vocab_size)
+    sidecar = path.with_name(path.name + ".sha256")
     if path.exists():
-        return BPETokenizer.from_file(path)
+        try:
+            recorded = sidecar.read_text().strip()
+        except OSError:
+            recorded = None
+        if recorded is not None and recorded == file_sha256(path):
+            return BPETokenizer.from_file(path)
+        log.warning("BPE tokenizer cache %s: %s; training it again", path,
+                    "checksum mismatch" if recorded is not None else f"no checksum file {sidecar.name}")
     backend = _train_backend(texts, vocab_size)
     json_text = _canonical_json(backend)
-    atomic_write_bytes(path, json_text.encode("utf-8"))
+    data = json_text.encode("utf-8")
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(sidecar, ("sha256:" + hashlib.sha256(data).hexdigest() + "\n").encode())
     return BPETokenizer.from_json(json_text)

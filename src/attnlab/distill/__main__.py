@@ -79,7 +79,8 @@ def _run(cfg: DictConfig, model_cfg, data_cfg, distill_cfg, train_cfg, dist: Dis
     if done:
         return
     try:  # the teacher is the user's input: a missing or unreadable one is one line, status 2
-        teacher = load_source(str(cfg.teacher), "teacher", context=None, cache_dir=data_cfg.resolved_cache_dir())
+        teacher = load_source(str(cfg.teacher), "teacher", context=None, cache_dir=data_cfg.resolved_cache_dir(),
+                              needed_context=data_cfg.context)
     except UserInputError as err:
         print_error(err)
         if hydra_cfg.mode == RunMode.MULTIRUN:

@@ -110,7 +110,7 @@ def _distill(student_cfg: ModelConfig, data_cfg: DataConfig, cfg: DistillConfig,
     check_world_size(data_cfg, dist.world)
     # ---------------------------------------------------------------- teacher, vocab, data
     pre = teacher if isinstance(teacher, Pretrained) else load_pretrained(
-        teacher, context=None, cache_dir=data_cfg.resolved_cache_dir())
+        teacher, context=None, cache_dir=data_cfg.resolved_cache_dir(), needed_context=data_cfg.context)
     check_vocab(student_cfg.vocab_size, pre)
     if cfg.init == "teacher":
         student_cfg = transfer_config(pre.config, student_cfg.attention, student_cfg.layer_pattern,

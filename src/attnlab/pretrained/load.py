@@ -83,10 +83,14 @@ def file_fingerprint(path: Path) -> str:
 
 def read_checkpoint_config(path: Path) -> tuple[ModelConfig, DataConfig, dict, dict]:
     """``(model config, data config, record, state)`` of an attnlab checkpoint file."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    from attnlab.train import checkpoint as ckpt
+
+    state = ckpt.load(path)  # weights_only, checksum verified: never runs code from the file
+    if "model" not in state or not isinstance(state.get("config"), dict):
         raise ValueError(f"{path} is not an attnlab checkpoint (needs 'model' and 'config' entries)")
     record = state["config"]
+    if not isinstance(record.get("model"), dict) or not isinstance(record.get("data"), dict):
+        raise ValueError(f"{path}: its config record lacks the 'model' and 'data' sections of an attnlab run")
     return (from_dict(ModelConfig, record["model"], "model"), data_config_from_dict(record["data"], "data"),
             record, state)
 
@@ -105,13 +109,20 @@ def checkpoint_tokenizer(data: DataConfig, cache_dir: Path | None = None):
 
 
 def load_pretrained(source: str, context: int | None = None, attn_impl: str | None = None,
-                    cache_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> Pretrained:
+                    cache_dir: Path | None = None, dtype: torch.dtype = torch.float32,
+                    needed_context: int | None = None) -> Pretrained:
     """Load ``source`` (module docstring) on the CPU in eval mode. ``context`` overrides the
-    model's (RoPE tables; a GGUF's default is the file's context length); ``attn_impl``
-    overrides the attention implementation."""
+    model's (RoPE tables); ``needed_context``: the longest sequence the caller will run, which
+    sizes a GGUF's RoPE tables when ``context`` is not given (``min(file's context_length,
+    max(needed_context, 8192))``, never the file's own, possibly huge, context length; an
+    attnlab checkpoint keeps its trained context). ``attn_impl`` overrides the attention
+    implementation. Checkpoints load with ``weights_only=True`` and a verified checksum
+    (`attnlab.train.checkpoint`); GGUF files are checked against limits before any
+    allocation (`attnlab.pretrained.gguf_reader`)."""
     kind, path = resolve_source(source)
     if kind == "gguf":
-        model, tokenizer = load_gguf(path, context=context, attn_impl=attn_impl or "auto", dtype=dtype)
+        model, tokenizer = load_gguf(path, context=context, attn_impl=attn_impl or "auto", dtype=dtype,
+                                     needed_context=needed_context)
         return Pretrained(model, model.config, tokenizer, str(source), "gguf", file_fingerprint(path))
     cfg, data, record, state = read_checkpoint_config(path)
     overrides = {k: v for k, v in (("context", context), ("attn_impl", attn_impl)) if v is not None}

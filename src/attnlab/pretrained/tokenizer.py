@@ -27,11 +27,36 @@ from collections.abc import Sequence
 from functools import cached_property
 
 from attnlab.data.tokenizers import _UNICODE_TO_BYTE, ByteTableTokenizer
+from attnlab.pretrained.gguf_reader import GGUFError
 
 CONTROL = 3  # llama.cpp token type of special tokens
+MAX_VOCAB = 1 << 21
+MAX_MERGES = 1 << 22
 # llama.cpp pre-tokenizers that split every digit before the GPT-2 regex (llama-vocab.cpp).
 DIGIT_SPLIT_PRE = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
 GPT2_PRE = ("gpt2", "default", "mpt", "olmo", "jais", "trillion")
+
+
+def _check_vocabulary(tokens: list, merges: list, token_types: list, where: str) -> None:
+    """Types, sizes and merges checked before the tokenizer library sees them (it rejects a
+    merge of unknown tokens with an error, or on some versions a Rust panic)."""
+    if not 1 <= len(tokens) <= MAX_VOCAB or not all(isinstance(t, str) and t for t in tokens):
+        raise GGUFError(f"{where}: tokenizer.ggml.tokens must be 1 to {MAX_VOCAB:,} non-empty strings "
+                        f"(got {len(tokens):,} entries)")
+    if len(token_types) != len(tokens) or not all(isinstance(t, int) and not isinstance(t, bool) for t in token_types):
+        raise GGUFError(f"{where}: tokenizer.ggml.token_type must be {len(tokens):,} integers, one per token "
+                        f"(got {len(token_types):,})")
+    if len(merges) > MAX_MERGES:
+        raise GGUFError(f"{where}: tokenizer.ggml.merges has {len(merges):,} entries, over the limit of {MAX_MERGES:,}")
+    vocab = set(tokens)
+    for i, merge in enumerate(merges):
+        parts = merge.split(" ", 1) if isinstance(merge, str) else []
+        if len(parts) != 2 or not all(parts):
+            raise GGUFError(f"{where}: tokenizer.ggml.merges[{i}]={merge!r} is not two tokens joined by a space")
+        for piece in (*parts, parts[0] + parts[1]):
+            if piece not in vocab:
+                raise GGUFError(f"{where}: tokenizer.ggml.merges[{i}]={merge!r} names {piece!r}, which is not in "
+                                "tokenizer.ggml.tokens")
 
 
 class GGUFTokenizer(ByteTableTokenizer):
@@ -41,30 +66,45 @@ class GGUFTokenizer(ByteTableTokenizer):
 
     def __init__(self, tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int], pre: str,
                  source: str = ""):
-        if pre not in DIGIT_SPLIT_PRE + GPT2_PRE:
-            raise ValueError(
-                f"tokenizer.ggml.pre={pre!r} is not supported; supported byte-level pre-tokenizers: "
+        where = source or "GGUF"
+        if not isinstance(pre, str) or pre not in DIGIT_SPLIT_PRE + GPT2_PRE:
+            raise GGUFError(
+                f"{where}: tokenizer.ggml.pre={pre!r} is not supported; supported byte-level pre-tokenizers: "
                 f"{', '.join(DIGIT_SPLIT_PRE + GPT2_PRE)}"
             )
         self.tokens, self.merges, self.token_types = list(tokens), list(merges), list(token_types)
         self.pre, self.source = pre, source
+        _check_vocabulary(self.tokens, self.merges, self.token_types, where)
         self._backend = self._build_backend()
 
     @classmethod
     def from_metadata(cls, metadata: dict, source: str = "") -> GGUFTokenizer:
         """From GGUF metadata (``tokenizer.ggml.*`` keys); only ``model == "gpt2"`` (byte-level BPE)."""
+        where = source or "GGUF"
         model = metadata.get("tokenizer.ggml.model")
         if model != "gpt2":
-            raise ValueError(
-                f"{source or 'GGUF'}: tokenizer.ggml.model={model!r} is not supported; only byte-level "
+            raise GGUFError(
+                f"{where}: tokenizer.ggml.model={model!r} is not supported; only byte-level "
                 "BPE ('gpt2', as in SmolLM2, Llama 3, Qwen2) is"
             )
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+            if not isinstance(metadata.get(key), list):
+                raise GGUFError(f"{where}: {key} is {'missing' if key not in metadata else 'not an array'}")
         tokens = metadata["tokenizer.ggml.tokens"]
-        return cls(tokens, metadata["tokenizer.ggml.merges"],
-                   metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens),
+        types = metadata.get("tokenizer.ggml.token_type")
+        return cls(tokens, metadata["tokenizer.ggml.merges"], [1] * len(tokens) if types is None else types,
                    metadata.get("tokenizer.ggml.pre", "gpt2"), source)
 
     def _build_backend(self):
+        try:
+            return self._make_backend()
+        except BaseException as err:  # the Rust library may panic (pyo3 PanicException is a BaseException)
+            if (isinstance(err, Exception) and not isinstance(err, ImportError)) or type(err).__name__ == "PanicException":
+                raise GGUFError(f"{self.source or 'GGUF'}: the tokenizer library rejects this vocabulary "
+                                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+            raise
+
+    def _make_backend(self):
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
         vocab = {tok: i for i, tok in enumerate(self.tokens)}

@@ -105,7 +105,7 @@ CASES = [
     ("eval", [], "source is not set"),
     ("eval", ["source={MISSING}"], "source="),
     ("eval", ["source={TEXT}"], "cannot be read as a model"),
-    ("eval", ["source={TRUNC}"], "cannot be read as a model"),
+    ("eval", ["source={TRUNC}"], "not a readable checkpoint"),
     ("eval", ["source={RUN}", "windows=0"], "windows=0"),
     ("eval", ["source={RUN}", "batch_size=0"], "batch_size=0"),
     ("eval", ["source={RUN}", "attn_impl=bogus"], "attn_impl='bogus' is unknown; allowed: auto, reference"),
@@ -114,7 +114,7 @@ CASES = [
     ("sample", [], "checkpoint is not set"),
     ("sample", ["checkpoint={MISSING}"], "checkpoint="),
     ("sample", ["checkpoint={TEXT}"], "cannot be read as a model"),
-    ("sample", ["checkpoint={TRUNC}"], "cannot be read as a model"),
+    ("sample", ["checkpoint={TRUNC}"], "not a readable checkpoint"),
     ("sample", ["checkpoint={RUN}", "temperature=0"], "temperature=0"),
     ("sample", ["checkpoint={RUN}", "top_k=0"], "top_k=0"),
     ("sample", ["checkpoint={RUN}", "num_samples=0"], "num_samples=0"),
@@ -152,7 +152,7 @@ def test_hydra_full_error_adds_the_traceback_and_keeps_status_2(files, tmp_path,
     with pytest.raises(SystemExit) as exited:
         _entry("sample")()
     err = capsys.readouterr().err
-    assert exited.value.code == 2 and "Traceback" in err and "UnpicklingError" in err
+    assert exited.value.code == 2 and "Traceback" in err and "CorruptCheckpointError" in err
     assert err.strip().splitlines()[-1].startswith("error: checkpoint=")
     assert os.environ["HYDRA_FULL_ERROR"] == "1"  # the user's setting is left as it was
 

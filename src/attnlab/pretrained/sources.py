@@ -50,11 +50,14 @@ def load_source(source, key: str = "source", load: Callable | None = None, **kwa
     source = check_source_given(key, source)
     try:
         return (load or load_pretrained)(source, **kwargs)
-    except UserInputError:
-        raise
+    except UserInputError as err:  # already one line; make sure it names the key
+        if f"{key}=" in str(err):
+            raise
+        text = str(err).removeprefix(f"{source}: ")  # the path is in the prefix already
+        raise UserInputError(f"{key}={source!r}: {text}") from err
     except (ValueError, TypeError, FileNotFoundError) as err:  # the loaders' named errors
         text = " ".join(str(err).split()).replace("model source=", f"{key}=", 1)
-        if source in text:
+        if text.startswith(f"{key}="):
             raise UserInputError(text) from err
         raise UserInputError(f"{key}={source!r}: {text}") from err
     except Exception as err:  # an unpickler, zip or GGUF reader choking on a file that is not a model

@@ -201,6 +201,13 @@ def read(path: str | os.PathLike, map_location=None, verify: str = "full", mmap:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: zip, or a legacy pickle
+        raise CorruptCheckpointError(
+            f"{path}: cannot be read as a model checkpoint: torch files start with a zip or pickle header, "
+            f"this one starts with {head!r}"
+        )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:

@@ -36,6 +36,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from attnlab.errors import UserInputError
 from attnlab.train import checkpoint as ckpt
 from attnlab.train.distributed import Dist
 
@@ -53,7 +54,7 @@ RESUME_MODES = (False, True, "auto", "force")
 LOCK = ".lock"
 
 
-class RunDirError(ValueError):
+class RunDirError(UserInputError):
     """A run dir that this job may not write (a user error: the message says what to do)."""
 
 

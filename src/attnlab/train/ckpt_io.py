@@ -31,6 +31,7 @@ import io
 import os
 import pathlib
 import pickle
+import re
 import struct
 from collections import OrderedDict
 from pathlib import Path
@@ -187,11 +188,15 @@ def write(f, obj: dict, **header) -> None:
 
 
 def _first_line(err: BaseException) -> str:
+    """The gist of torch's (multi-line) load error: the global it refused, else its first line."""
     text = str(err).strip()
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it names {found.group(1)}"
     for line in text.splitlines():
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return line.strip()
-    return (text.splitlines() or [type(err).__name__])[0].strip()[:300]
+        if "Unsupported" in line:
+            return line.strip()[:200]
+    return (text.splitlines() or [type(err).__name__])[0].strip()[:200]
 
 
 def read(path: str | os.PathLike, map_location=None, verify: str = "full", mmap: bool = False) -> tuple[dict, dict]:
@@ -207,7 +212,7 @@ def read(path: str | os.PathLike, map_location=None, verify: str = "full", mmap:
         if "weights only load failed" in str(err).lower():
             raise UnsafeCheckpointError(
                 f"{path}: refused: loading it would unpickle objects that can run code ({_first_line(err)}); "
-                f"attnlab loads only its checksummed weights_only format. {convert_hint(path)}"
+                f"attnlab loads only its checksummed weights_only format; {convert_hint(path)}"
             ) from None
         raise CorruptCheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
     except Exception as err:  # torch raises RuntimeError / EOFError / ValueError / ... on damaged files

@@ -33,6 +33,7 @@ import pathlib
 import pickle
 import re
 import struct
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -199,6 +200,24 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines() or [type(err).__name__])[0].strip()[:200]
 
 
+def _check_zip(path: Path) -> None:
+    """torch.save writes an uncompressed zip: refuse anything else before torch allocates the
+    sizes a zip member claims (a compressed member may claim any size)."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: not in the torch zip format attnlab writes, damaged or an old/foreign file ({err}); "
+            f"{convert_hint(path)}"
+        ) from None
+    for info in members:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size or info.file_size > size:
+            raise CorruptCheckpointError(f"{path}: zip member {info.filename!r} is compressed or claims "
+                                         f"{info.file_size:,} bytes in a {size:,}-byte file")
+
+
 def read(path: str | os.PathLike, map_location=None, verify: str = "full", mmap: bool = False) -> tuple[dict, dict]:
     """``(state, header)`` of a format-2 file, loaded with ``weights_only=True``.
     ``verify``: ``"full"`` (every byte), ``"meta"`` (all but tensor data) or ``"none"``.
@@ -206,6 +225,7 @@ def read(path: str | os.PathLike, map_location=None, verify: str = "full", mmap:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    _check_zip(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:

@@ -6,6 +6,8 @@ atomic writes get the mode the umask gives."""
 import os
 import pickle
 import random
+import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +166,31 @@ def test_bit_flip_fails_the_load_naming_the_file(tmp_path, where):
     if where != "weights":  # read_meta checks everything but the tensor bytes
         with pytest.raises(ckpt.CorruptCheckpointError, match=str(path)):
             ckpt.read_meta(path)
+
+
+def _rezip(src: Path, dst: Path, patch=None, compress=zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", compress) as out:
+        for name in z.namelist():
+            data = z.read(name)
+            out.writestr(name, patch(data) if patch and name.endswith("data.pkl") else data)
+    return dst
+
+
+def test_sizes_claimed_by_a_crafted_file_are_not_allocated(tmp_path):
+    path = ckpt.atomic_save({"w": torch.ones(10)}, tmp_path / "ok.pt")
+    huge = b"J" + struct.pack("<i", 2**31 - 1)  # BININT: 2**31 - 1 elements where 10 are stored
+
+    def bigger(pkl: bytes) -> bytes:
+        return pkl.replace(b"K\n", huge)  # every BININT1 10: the storage size and the shape
+
+    for crafted in (_rezip(path, tmp_path / "numel.pt", bigger),
+                    _rezip(path, tmp_path / "deflated.pt", compress=zipfile.ZIP_DEFLATED)):
+        with pytest.raises(ckpt.CorruptCheckpointError, match=str(crafted)):
+            ckpt.load(crafted)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    with pytest.raises(ckpt.CheckpointError, match="not in the torch zip format"):
+        ckpt.load(junk)
 
 
 def test_round_trip_keeps_rng_states_tuples_and_state_dict_metadata(tmp_path):

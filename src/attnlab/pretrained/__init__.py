@@ -23,6 +23,7 @@ from attnlab.pretrained.gguf_file import (
     smollm2_gguf_path,
     unpermute_qk,
 )
+from attnlab.pretrained.gguf_reader import GGUFError
 from attnlab.pretrained.load import (
     Pretrained,
     checkpoint_tokenizer,
@@ -32,6 +33,7 @@ from attnlab.pretrained.load import (
 from attnlab.pretrained.tokenizer import GGUFTokenizer
 
 __all__ = [
+    "GGUFError",
     "GGUFTokenizer",
     "Pretrained",
     "SMOLLM2_FILE",

@@ -2,8 +2,13 @@
 
     model, tokenizer = load_gguf(smollm2_gguf_path())        # SmolLM2-135M-Instruct, Q4_1
 
-The ``gguf`` package (PyPI) reads the file and dequantizes every tensor to float32 (Q4_1,
-Q8_0, ... -> float). Names map as ``token_embd -> embed_tokens``, ``blk.{i}.attn_{q,k,v,output}
+`attnlab.pretrained.gguf_reader` reads the header, metadata and tensor table within fixed
+limits (a file is untrusted input: every count, length, offset and size is checked before
+anything is allocated from it), the model fields are checked here (``MAX_*``), each tensor's
+shape against the config, and only then does the ``gguf`` package (PyPI) dequantize every
+tensor to float32 (Q4_1, Q8_0, ... -> float). Errors are `GGUFError` (a ValueError), one line
+naming the file and the field. The RoPE tables cover what the run needs, not the file's
+``llama.context_length`` (`gguf_model_config`). Names map as ``token_embd -> embed_tokens``, ``blk.{i}.attn_{q,k,v,output}
 -> layers.{i}.self_attn.{q,k,v,o}_proj``, ``blk.{i}.ffn_{gate,up,down} -> layers.{i}.mlp.*``,
 ``blk.{i}.attn_norm / ffn_norm -> input_layernorm / post_attention_layernorm``,
 ``output_norm -> norm``, ``output -> lm_head`` (absent: tied embeddings, as in SmolLM2).

@@ -31,7 +31,9 @@ import io
 import os
 import pathlib
 import pickle
+import re
 import struct
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -187,11 +189,33 @@ def write(f, obj: dict, **header) -> None:
 
 
 def _first_line(err: BaseException) -> str:
+    """The gist of torch's (multi-line) load error: the global it refused, else its first line."""
     text = str(err).strip()
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it names {found.group(1)}"
     for line in text.splitlines():
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return line.strip()
-    return (text.splitlines() or [type(err).__name__])[0].strip()[:300]
+        if "Unsupported" in line:
+            return line.strip()[:200]
+    return (text.splitlines() or [type(err).__name__])[0].strip()[:200]
+
+
+def _check_zip(path: Path) -> None:
+    """torch.save writes an uncompressed zip: refuse anything else before torch allocates the
+    sizes a zip member claims (a compressed member may claim any size)."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: not in the torch zip format attnlab writes, damaged or an old/foreign file ({err}); "
+            f"{convert_hint(path)}"
+        ) from None
+    for info in members:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size or info.file_size > size:
+            raise CorruptCheckpointError(f"{path}: zip member {info.filename!r} is compressed or claims "
+                                         f"{info.file_size:,} bytes in a {size:,}-byte file")
 
 
 def read(path: str | os.PathLike, map_location=None, verify: str = "full", mmap: bool = False) -> tuple[dict, dict]:
@@ -208,13 +232,14 @@ def read(path: str | os.PathLike, map_location=None, verify: str = "full", mmap:
             f"{path}: cannot be read as a model checkpoint: torch files start with a zip or pickle header, "
             f"this one starts with {head!r}"
         )
+    _check_zip(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if "weights only load failed" in str(err).lower():
             raise UnsafeCheckpointError(
                 f"{path}: refused: loading it would unpickle objects that can run code ({_first_line(err)}); "
-                f"attnlab loads only its checksummed weights_only format. {convert_hint(path)}"
+                f"attnlab loads only its checksummed weights_only format; {convert_hint(path)}"
             ) from None
         raise CorruptCheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
     except Exception as err:  # torch raises RuntimeError / EOFError / ValueError / ... on damaged files

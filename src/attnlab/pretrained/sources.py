@@ -11,6 +11,7 @@ from deep inside a loader.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from attnlab.errors import UserInputError
@@ -34,6 +35,8 @@ def check_attn_impl(key: str, value) -> str | None:
 
 
 def check_source_given(key: str, source) -> str:
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     if source is None or (isinstance(source, str) and source.strip() in ("", "???")):
         raise UserInputError(f"{key} is not set: {key}=<{SOURCES}>")
     if not isinstance(source, str):

@@ -22,7 +22,9 @@ def reference_attention(q, k, v, spec, scale: float, doc_ids=None, return_lse: b
     scores = torch.einsum("bhqd,bhkd->bhqk", q.to(compute), k_) * scale  # [B, Hq, Nq, Nk]
     if spec.softcap is not None:
         scores = spec.softcap * torch.tanh(scores / spec.softcap)
-    if doc_ids is None:
+    if spec.kind == "topk_blocks":  # blocks chosen from q and k: [B, Hq, Nq, Nk]
+        mask = spec.selected_mask(q, k, doc_ids)
+    elif doc_ids is None:
         mask = spec.dense_mask(n_q, k.shape[2], device=q.device)[None]  # [1, H or 1, Nq, Nk]
     else:
         mask = spec.dense_mask(n_q, k.shape[2], device=q.device, doc_ids=doc_ids)  # [B or 1, H or 1, Nq, Nk]

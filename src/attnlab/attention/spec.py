@@ -18,6 +18,11 @@ Token-level rules (combined with AND):
   evaluated with ``b = 0`` (batch-dependent masks are documents, below) and ``h = 0``, or each
   ``h < heads`` when ``heads`` is given (per-head masks).
 
+* ``kind="topk_blocks"`` (MoBA-style, content-selected): each query block of ``block_size``
+  rows attends the key blocks chosen from q and k (`attnlab.attention.selection`: the diagonal
+  blocks plus the ``top_k`` best by pooled ``qbar . kbar``); the token rules above apply inside
+  them. Its mask depends on the data: ``dense_mask`` / ``flops`` take ``q=`` and ``k=``.
+
 Sinks: ``sink=S`` (int >= 0) ORs in the keys ``j < S`` (StreamingLLM's attention sinks),
 whatever the kind's other rules, except causality (``j <= p`` still holds when causal).
 Documents (below) still apply to sink keys.
@@ -46,10 +51,11 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from attnlab.attention import patterns as _patterns
+from attnlab.attention import selection as _selection
 from attnlab.attention.documents import resolve_documents, same_document
 from attnlab.errors import check_seed
 
-KINDS = ("dense", "sliding_window", "block_sparse", "custom")
+KINDS = ("dense", "sliding_window", "block_sparse", "custom", "topk_blocks")
 PATTERNS = _patterns.PATTERNS
 MODES = {"fwd": (1, 1), "bwd": (5, 2), "fwd_bwd": (7, 2)}  # (num, den) multiples of the forward
 _ROW_CHUNK = 1024  # query rows per chunk when counting pairs (bounds memory at long N)
@@ -86,6 +92,8 @@ class AttentionSpec:
         softcap: scores become ``softcap * tanh(s / softcap)`` (None: off); any kind.
         mask_mod: kind="custom" only: ``fn(b, h, q_idx, kv_idx) -> bool tensor`` (module
             docstring); ``heads`` (optional) = how many heads it distinguishes.
+        top_k: kind="topk_blocks" only: key blocks per query block (>= 1), with ``block_size``
+            (a power of two, default 64).
     """
 
     kind: str = "dense"
@@ -104,6 +112,7 @@ class AttentionSpec:
     sink: int = 0
     softcap: float | None = None
     mask_mod: Callable | None = None
+    top_k: int | None = None
     _pattern_fields: tuple = field(default=(), init=False, repr=False)
 
     # ------------------------------------------------------------------ validation
@@ -121,11 +130,17 @@ class AttentionSpec:
             raise ValueError(
                 f"AttentionSpec.mask_mod is only allowed with kind='custom', not kind={self.kind!r}"
             )
+        if self.kind == "topk_blocks":
+            self._check_topk()
+        elif self.top_k is not None:
+            raise ValueError(f"AttentionSpec.top_k={self.top_k!r} is only allowed with kind='topk_blocks', not kind={self.kind!r}")
         if self.kind == "block_sparse":
             self._check_block_sparse()
         else:
             for name in ("block_size", "pattern", "layout", *_patterns.PARAMS):
                 if name == "heads" and self.kind == "custom":
+                    continue
+                if name == "block_size" and self.kind == "topk_blocks":
                     continue
                 if getattr(self, name) is not None:
                     raise ValueError(
@@ -195,6 +210,18 @@ class AttentionSpec:
         if self.heads is not None and (not _is_int(self.heads) or self.heads < 1):
             raise ValueError(f"AttentionSpec.heads={self.heads!r} must be an int >= 1 (heads mask_mod distinguishes)")
         self._custom_mask(torch.arange(3), 3, 3)  # a trial call: bad callables fail here, named
+
+    def _check_topk(self):
+        if self.window is not None:
+            raise ValueError(f"AttentionSpec.window={self.window!r} is not allowed with kind='topk_blocks' "
+                             "(the chosen blocks take only the causal, document and sink rules)")
+        bs = 64 if self.block_size is None else self.block_size
+        if not _is_int(bs) or bs < 1 or bs & (bs - 1):
+            raise ValueError(f"AttentionSpec.block_size={bs!r} must be a positive power of two (e.g. 16, 64, 128)")
+        object.__setattr__(self, "block_size", bs)
+        if not _is_int(self.top_k) or self.top_k < 1:
+            raise ValueError(f"AttentionSpec.top_k={self.top_k!r}: kind='topk_blocks' needs an int >= 1 "
+                             "(key blocks per query block)")
 
     def _check_block_sparse(self):
         bs = 64 if self.block_size is None else self.block_size
@@ -270,6 +297,8 @@ class AttentionSpec:
             bits.append(f"bs={self.block_size}")
         if self.kind == "custom":
             bits.append(getattr(self.mask_mod, "__name__", "mask_mod"))
+        if self.kind == "topk_blocks":
+            bits += [f"top{self.top_k}", f"bs={self.block_size}"]
         if self.sink:
             bits.append(f"sink={self.sink}")
         if self.softcap is not None:
@@ -371,6 +400,11 @@ class AttentionSpec:
             mask = mask & lay[:, rows // bs][:, :, cols]
         elif self.kind == "custom":
             mask = mask & self._custom_mask(rows, n_q, n_k)
+        elif self.kind == "topk_blocks":  # no data here: the estimate `flops` documents
+            bs = self.block_size
+            lay = _selection.nearest_blocks(self, n_q, n_k)[0].to(rows.device)  # [1, Mb, Kb]
+            cols = torch.arange(n_k, device=rows.device) // bs
+            mask = mask & lay[:, rows // bs][:, :, cols]
         if self.sink:
             mask = mask | self._sink_mask(rows, n_q, n_k)[None]
         return mask
@@ -381,14 +415,36 @@ class AttentionSpec:
         ids = resolve_documents(doc_ids, cu_seqlens, n_q=n_q, n_k=n_k)
         return ids if ids is None or device is None else ids.to(device)
 
-    def dense_mask(self, n_q: int, n_k: int, device=None, *, doc_ids=None, cu_seqlens=None) -> torch.Tensor:
+    def selected_mask(self, q: torch.Tensor, k: torch.Tensor, docs=None) -> torch.Tensor:
+        """kind="topk_blocks": bool [B, Hq, Nq, Nk] on q's device from q [B, Hq, Nq, D] and
+        k [B, Hkv, Nk, D] (the chosen blocks AND the token rules, OR sinks; AND documents
+        given as validated ids [B or 1, Nk])."""
+        n_q, n_k = q.shape[2], k.shape[2]
+        rows = torch.arange(n_q, device=q.device)
+        lay = _selection.select_blocks(self, q, k)  # [B, Hq, Mb, Kb]
+        mask = _selection.expand_to_tokens(lay, self.block_size, n_q, n_k) & self._token_mask(rows, n_q, n_k)
+        if self.sink:
+            mask = mask | self._sink_mask(rows, n_q, n_k)
+        if docs is not None:
+            mask = mask & same_document(docs, rows, n_q, n_k)[:, None]
+        return mask
+
+    def dense_mask(self, n_q: int, n_k: int, device=None, *, doc_ids=None, cu_seqlens=None,
+                   q: torch.Tensor | None = None, k: torch.Tensor | None = None) -> torch.Tensor:
         """The ground truth, True = query i attends key j.
 
         Without documents: bool ``[H or 1, n_q, n_k]`` (H when block layouts differ per head).
         With ``doc_ids`` / ``cu_seqlens``: bool ``[B or 1, H or 1, n_q, n_k]``, B the rows of
         ``doc_ids`` (1 for 1-D ``doc_ids`` or one shared ``cu_seqlens``); it broadcasts
         against scores ``[B, Hq, n_q, n_k]``. ``device``: default the doc ids' device (or CPU).
+        kind="topk_blocks" needs ``q`` [B, Hq, n_q, D] and ``k`` [B, Hkv, n_k, D] and returns
+        bool ``[B, Hq, n_q, n_k]`` on q's device.
         """
+        if self.kind == "topk_blocks":
+            if q is None or k is None:
+                raise ValueError("AttentionSpec(kind='topk_blocks').dense_mask needs q= and k=: its blocks are chosen from them")
+            _check_qk(q, k, n_q, n_k)
+            return self.selected_mask(q, k, self._docs(n_q, n_k, doc_ids, cu_seqlens, q.device))
         docs = self._docs(n_q, n_k, doc_ids, cu_seqlens, device)
         if docs is not None and device is None:
             device = docs.device
@@ -420,17 +476,30 @@ class AttentionSpec:
 
     def flops(
         self, batch: int, heads: int, n_q: int, n_k: int, head_dim: int, mode: str = "fwd",
-        *, doc_ids=None, cu_seqlens=None,
+        *, doc_ids=None, cu_seqlens=None, q: torch.Tensor | None = None, k: torch.Tensor | None = None,
     ) -> int:
         """Mask-exact FLOPs: ``4 * head_dim`` per allowed (q, k) pair per head for the
         forward (QK^T and PV, 2 FLOPs per multiply-add); ``bwd`` is 2.5x, ``fwd_bwd`` 3.5x.
         With documents the pairs are counted per doc-id row: ``doc_ids`` with B rows needs
-        ``batch == B``; one shared row counts ``batch`` times."""
+        ``batch == B``; one shared row counts ``batch`` times.
+
+        kind="topk_blocks": with ``q`` and ``k`` the pairs of the blocks chosen for them
+        (exact); without, the pairs of the layout whose free choices are the candidate blocks
+        nearest the diagonal, which equals every selection's count when Nq == Nk and there are
+        no sinks or documents (each non-diagonal candidate block is then wholly allowed)."""
         if mode not in MODES:
             raise ValueError(f"flops(mode={mode!r}) is unknown; allowed: {', '.join(MODES)}")
         for name, val in (("batch", batch), ("heads", heads), ("head_dim", head_dim)):
             if not _is_int(val) or val < 1:
                 raise ValueError(f"flops({name}={val!r}) must be a positive int")
+        if (q is None) != (k is None) or (q is not None and self.kind != "topk_blocks"):
+            raise ValueError("flops(q=, k=) go together, and only with kind='topk_blocks'")
+        if q is not None:
+            if tuple(q.shape[:2]) != (batch, heads):
+                raise ValueError(f"flops(batch={batch}, heads={heads}) do not match q's shape {tuple(q.shape)}")
+            num, den = MODES[mode]
+            pairs = int(self.dense_mask(n_q, n_k, doc_ids=doc_ids, cu_seqlens=cu_seqlens, q=q, k=k).sum())
+            return 4 * head_dim * pairs * num // den
         pairs = self.allowed_pairs(n_q, n_k, doc_ids=doc_ids, cu_seqlens=cu_seqlens)
         if pairs.dim() == 1:
             pairs, batch_mult = pairs[None], batch
@@ -448,6 +517,14 @@ class AttentionSpec:
             raise ValueError(f"flops(heads={heads}) does not match the spec's {pairs.shape[1]} per-head layouts")
         num, den = MODES[mode]
         return 4 * head_dim * total_pairs * batch_mult * num // den  # exact: 4 * ... is even
+
+
+def _check_qk(q, k, n_q, n_k):
+    for name, t, n in (("q", q, n_q), ("k", k, n_k)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[2] != n:
+            raise ValueError(f"{name} must be a tensor [B, H, {n}, D], got {_show(t)}")
+    if q.shape[1] % k.shape[1] or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} do not fit (batch, head dim, Hq % Hkv == 0)")
 
 
 def _check_lengths(n_q, n_k):

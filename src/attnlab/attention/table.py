@@ -23,6 +23,7 @@ EXAMPLES = {
     "`sliding_window`": AttentionSpec(kind="sliding_window", causal=True, window=256),
     "`block_sparse`": AttentionSpec(kind="block_sparse", pattern="bigbird", causal=True),
     "`custom` (`mask_mod=`)": AttentionSpec(kind="custom", causal=True, mask_mod=_lower_left),
+    "`topk_blocks` (`top_k=`)": AttentionSpec(kind="topk_blocks", causal=True, top_k=4),
     "any kind + `sink=`": AttentionSpec(kind="sliding_window", causal=True, window=256, sink=4),
     "any kind + `softcap=`": AttentionSpec(kind="sliding_window", causal=True, window=256, softcap=30.0),
 }

@@ -44,6 +44,11 @@ def sdpa_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
     NaN and then multiplied by 0, which also zeroes their gradients."""
     n_q, n_k = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
+    if spec.kind == "topk_blocks":  # blocks chosen from q and k: a per-(batch, head) mask
+        mask = spec.selected_mask(q, k, doc_ids)  # [B, Hq, Nq, Nk]
+        has_key = mask.any(dim=-1, keepdim=True)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, scale=scale, enable_gqa=gqa)
+        return out * has_key.to(out.dtype)
     if doc_ids is not None:
         rows = torch.arange(n_q, device=q.device)
         same_doc = same_document(doc_ids, rows, n_q, n_k)[:, None]  # [B or 1, 1, Nq, Nk]
@@ -58,7 +63,7 @@ def sdpa_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
     return out * has_key[None].to(out.dtype)
 
 
-def _mask_mod(spec, n_q: int, n_k: int, device, doc_ids=None):
+def _mask_mod(spec, n_q: int, n_k: int, device, doc_ids=None, selected=None):
     """FlexAttention mask_mod of the spec (ANDed with same-document when ``doc_ids`` [B or 1, Nk])."""
     left, right = spec.window_bounds()
     offset = n_k - n_q
@@ -81,6 +86,8 @@ def _mask_mod(spec, n_q: int, n_k: int, device, doc_ids=None):
             ok = ok & (kv_idx <= p)
         if layout is not None:
             ok = ok & layout[h if per_head else 0, q_idx // bs, kv_idx // bs]
+        if selected is not None:  # topk_blocks: chosen blocks [B, Hq, Mb, Kb]
+            ok = ok & selected[b, h, q_idx // spec.block_size, kv_idx // spec.block_size]
         if custom is not None:  # the contract: b = 0, and h = 0 unless the spec sets heads
             ok = ok & custom(b * 0, h if spec.heads else h * 0, q_idx, kv_idx)
         if spec.sink:
@@ -166,7 +173,17 @@ def flex_attention(q, k, v, spec, scale: float, doc_ids=None, return_lse: bool =
         q, k, v = q.detach(), k.detach(), v.detach()
     from torch.nn.attention.flex_attention import flex_attention as eager_flex
 
-    if doc_ids is None:
+    if spec.kind == "topk_blocks":  # content-selected: a fresh block mask per call, per (batch, head)
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        from attnlab.attention.selection import select_blocks
+
+        selected = select_blocks(spec, q, k)
+        block_mask = create_block_mask(
+            _mask_mod(spec, q.shape[2], k.shape[2], q.device, doc_ids, selected), B=q.shape[0], H=q.shape[1],
+            Q_LEN=q.shape[2], KV_LEN=k.shape[2], device=q.device,
+        )
+    elif doc_ids is None:
         block_mask = _block_mask(spec, q.shape[2], k.shape[2], q.device)
     else:
         block_mask = _doc_block_mask(spec, q.shape[2], k.shape[2], q.device, doc_ids)

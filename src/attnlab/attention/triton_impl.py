@@ -10,7 +10,7 @@ import torch
 from attnlab.attention.documents import TensorCache
 from attnlab.attention.registry import Impl, dtype_name, register, why_not_bf16
 
-TRITON_KINDS = ("dense", "sliding_window", "block_sparse", "custom")
+TRITON_KINDS = ("dense", "sliding_window", "block_sparse", "custom", "topk_blocks")
 # kind="custom" runs as a block-sparse layout of 1-token blocks (the spec's exact mask, read
 # per pair in masked tiles): int8 [H, Nq, Nk] on the device, so it is bounded.
 MAX_CUSTOM_MASK_ELEMENTS = 2**28
@@ -75,7 +75,36 @@ def triton_attention(q, k, v, spec, scale: float, doc_ids=None, return_lse: bool
     if spec.kind == "custom":
         layout = custom_layout(spec, q.shape[2], k.shape[2], q.device)
         return block_sparse_attention(q, k, v, layout, 1, **kw)
+    if spec.kind == "topk_blocks":
+        return _selected_attention(q, k, v, spec, kw, doc_ids, block_sparse_attention)
     return flash_attention(q, k, v, **kw)
+
+
+def _selected_attention(q, k, v, spec, kw, doc_ids, block_sparse_attention):
+    """topk_blocks: the chosen blocks [B, Hq, Mb, Kb] as per-head layouts of one block-sparse
+    call, batch folded into heads (GQA keeps its grouping: head b*Hq + h reads kv head
+    b*Hkv + h // group); with documents one call per batch row (ids differ per row)."""
+    from attnlab.attention.selection import select_blocks
+
+    b, hq, n_q, d = q.shape
+    hkv, n_k = k.shape[1], k.shape[2]
+    chosen = select_blocks(spec, q, k)  # [B, Hq, Mb, Kb]
+    bs, lse = spec.block_size, kw["return_lse"]
+    if doc_ids is None:
+        fold = lambda t, h, n: t.reshape(1, b * h, n, d)  # noqa: E731
+        res = block_sparse_attention(fold(q, hq, n_q), fold(k, hkv, n_k), fold(v, hkv, n_k),
+                                     chosen.reshape(b * hq, *chosen.shape[2:]), bs, **kw)  # fmt: skip
+        out, lse_out = res if lse else (res, None)
+        out = out.reshape(b, hq, n_q, d)
+        return (out, lse_out.reshape(b, hq, n_q)) if lse else out
+    rows = []
+    for i in range(b):
+        ids = doc_ids[i if doc_ids.shape[0] > 1 else 0][None]
+        rows.append(block_sparse_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], chosen[i], bs,
+                                           **{**kw, "doc_ids": ids}))  # fmt: skip
+    if lse:
+        return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+    return torch.cat(rows)
 
 
 def _why_not(spec, device, requires_grad, dtype=None, head_dim=None):

@@ -157,3 +157,15 @@ def test_dense_mask_needs_the_data():
     spec = AttentionSpec(kind="topk_blocks", top_k=2, block_size=16)
     with pytest.raises(ValueError, match="q= and k="):
         spec.dense_mask(32, 32)
+
+
+def test_causal_selection_pools_the_whole_query_block():
+    """The documented caveat: a later row of a query block can change an earlier row's choice."""
+    spec = AttentionSpec(kind="topk_blocks", block_size=16, top_k=2, causal=True)
+    q, k, _ = qkv(1, 1, 1, 64, 64, 8, seed=2)
+    base = select_blocks(spec, q, k)[0, 0, 3]
+    target = next(j for j in range(3) if not base[j])  # a block row 48's choice does not hold
+    changed = q.clone()
+    changed[0, 0, 63] = 50 * k[0, 0, 16 * target:16 * (target + 1)].mean(0)  # only row 63 changes
+    after = select_blocks(spec, changed, k)[0, 0, 3]
+    assert after[target] and not torch.equal(after, base)

@@ -14,6 +14,12 @@ kv head of h; a last, partial block averages the rows it has), all in fp32:
 - chosen: forced, plus the highest ``qbar . kbar_j`` among the other candidates until ``top_k``
   blocks (fewer when there are fewer candidates); ties go to the lower block index.
 
+Causal caveat (the definition above, as issue 16 states it): ``qbar`` pools every row of the
+query block, so with ``causal=True`` row i's chosen blocks depend on the queries of the rows
+after it in its block (up to ``block_size - 1`` positions ahead). The keys it attends stay
+causal, but the choice leaks a little of the future; a causal LM trained with it can use that.
+`attnlab.model.nsa` selects from the block's first row instead, which is causal.
+
 Inside chosen blocks the token rules apply (causal, documents, sinks). Documents do not take
 part in the selection. The selection is not differentiated (gradients flow through the
 attention over the chosen blocks, as in MoBA). Everything here is torch ops on q's device, with

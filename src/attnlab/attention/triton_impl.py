@@ -76,20 +76,23 @@ def triton_attention(q, k, v, spec, scale: float, doc_ids=None, return_lse: bool
         layout = custom_layout(spec, q.shape[2], k.shape[2], q.device)
         return block_sparse_attention(q, k, v, layout, 1, **kw)
     if spec.kind == "topk_blocks":
-        return _selected_attention(q, k, v, spec, kw, doc_ids, block_sparse_attention)
+        from attnlab.attention.selection import select_blocks
+
+        return chosen_blocks_attention(q, k, v, select_blocks(spec, q, k), spec.block_size, kw, doc_ids)
     return flash_attention(q, k, v, **kw)
 
 
-def _selected_attention(q, k, v, spec, kw, doc_ids, block_sparse_attention):
-    """topk_blocks: the chosen blocks [B, Hq, Mb, Kb] as per-head layouts of one block-sparse
-    call, batch folded into heads (GQA keeps its grouping: head b*Hq + h reads kv head
-    b*Hkv + h // group); with documents one call per batch row (ids differ per row)."""
-    from attnlab.attention.selection import select_blocks
+def chosen_blocks_attention(q, k, v, chosen, bs: int, kw: dict, doc_ids=None):
+    """Attention over per-(batch, head) chosen key blocks ``chosen`` bool [B, Hq, Mb, Kb] as
+    per-head layouts of one block-sparse call, batch folded into heads (GQA keeps its grouping:
+    head b*Hq + h reads kv head b*Hkv + h // group); with documents one call per batch row (ids
+    differ per row). ``kw``: the kernels' causal / window / scale / sink / softcap / return_lse."""
+    from attnlab.kernels.flash import block_sparse_attention
 
     b, hq, n_q, d = q.shape
     hkv, n_k = k.shape[1], k.shape[2]
-    chosen = select_blocks(spec, q, k)  # [B, Hq, Mb, Kb]
-    bs, lse = spec.block_size, kw["return_lse"]
+    kw = {"return_lse": False, **kw}
+    lse = kw["return_lse"]
     if doc_ids is None:
         fold = lambda t, h, n: t.reshape(1, b * h, n, d)  # noqa: E731
         res = block_sparse_attention(fold(q, hq, n_q), fold(k, hkv, n_k), fold(v, hkv, n_k),

@@ -132,6 +132,10 @@ class ModelConfig:
             )
         kwargs["causal"] = causal
         try:
+            if kwargs.get("kind") == "nsa":  # a model layer with its own parameters (attnlab.model.nsa)
+                from attnlab.model.nsa import NSASpec
+
+                return NSASpec(**kwargs)
             return AttentionSpec(**kwargs)
         except (TypeError, ValueError) as err:
             raise ValueError(f"model.attention.{name}={dict(self.attention[name])!r}: {err}") from None

@@ -31,6 +31,7 @@ from torch import nn
 
 from attnlab.attention import AttentionSpec, attention
 from attnlab.model.config import ModelConfig
+from attnlab.model.nsa import NSAAttention, NSASpec
 from attnlab.model.rope import apply_rope, rope_cache
 
 INIT_STD = 0.02
@@ -97,7 +98,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, spec: AttentionSpec):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.self_attn = Attention(cfg, spec)
+        self.self_attn = NSAAttention(cfg, spec) if isinstance(spec, NSASpec) else Attention(cfg, spec)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)

@@ -72,10 +72,13 @@ def check_attention_specs(model: dict) -> None:
         kwargs = attention.get(name)
         if not isinstance(kwargs, dict):
             continue
+        cls = AttentionSpec
+        if kwargs.get("kind") == "nsa":  # a model layer (attnlab.model.nsa), not a mask spec
+            from attnlab.model.nsa import NSASpec as cls
         try:
-            AttentionSpec(**{"causal": causal, **kwargs})
+            cls(**{"causal": causal, **kwargs})
         except TypeError as err:  # an unknown field
-            unknown = sorted(set(kwargs) - set(AttentionSpec.__dataclass_fields__))
+            unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
             keys = ", ".join(f"model.attention.{name}.{k}" for k in unknown) or f"model.attention.{name}"
             raise ValueError(f"{keys}: not an AttentionSpec field ({err})") from None
         except ValueError as err:

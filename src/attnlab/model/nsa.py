@@ -104,28 +104,28 @@ class NSAAttention(nn.Module):
         super().__init__()
         self.spec, self.impl = spec, cfg.attn_impl
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        l, dh = spec.block_size, cfg.head_dim
+        bl, dh = spec.block_size, cfg.head_dim
         self.q_proj = nn.Linear(cfg.d_model, self.n_heads * dh, bias=False)
         self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * dh, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * dh, bias=False)
         self.o_proj = nn.Linear(self.n_heads * dh, cfg.d_model, bias=False)
-        self.compress_k = nn.Linear(l * dh, dh, bias=False)
-        self.compress_v = nn.Linear(l * dh, dh, bias=False)
-        self.block_pos = nn.Parameter(torch.zeros(l, dh))
+        self.compress_k = nn.Linear(bl * dh, dh, bias=False)
+        self.compress_v = nn.Linear(bl * dh, dh, bias=False)
+        self.block_pos = nn.Parameter(torch.zeros(bl, dh))
         self.gate = nn.Linear(cfg.d_model, 3 * self.n_heads, bias=True)
         self.window_spec = spec.branch_specs()["window"]
         with torch.no_grad():  # a block mean to start with: the compressed key is the block's average
-            eye = torch.eye(dh).repeat(1, l) / l  # [Dh, l * Dh]
+            eye = torch.eye(dh).repeat(1, bl) / bl  # [Dh, l * Dh]
             self.compress_k.weight.copy_(eye)
             self.compress_v.weight.copy_(eye)
 
     def _compress(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
         """[B, Hkv, N, Dh] -> [B, Hkv, T, Dh], one vector per whole block."""
         b, h, n, dh = x.shape
-        l = self.spec.block_size
-        t = n // l
-        blocks = x[:, :, : t * l].reshape(b, h, t, l, dh) + self.block_pos
-        return proj(blocks.reshape(b, h, t, l * dh))
+        bl = self.spec.block_size
+        t = n // bl
+        blocks = x[:, :, : t * bl].reshape(b, h, t, bl, dh) + self.block_pos
+        return proj(blocks.reshape(b, h, t, bl * dh))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, doc_ids: torch.Tensor | None = None):
         from attnlab.model.rope import apply_rope
@@ -133,7 +133,7 @@ class NSAAttention(nn.Module):
         if doc_ids is not None:
             raise ValueError("kind='nsa' does not serve packed documents (doc_ids)")
         B, N, _ = x.shape
-        hq, hkv, dh, l = self.n_heads, self.n_kv_heads, self.head_dim, self.spec.block_size
+        hq, hkv, dh, bl = self.n_heads, self.n_kv_heads, self.head_dim, self.spec.block_size
         q = apply_rope(self.q_proj(x).view(B, N, hq, dh).transpose(1, 2), cos, sin)  # (B, Hq, N, Dh)
         k = apply_rope(self.k_proj(x).view(B, N, hkv, dh).transpose(1, 2), cos, sin)  # (B, Hkv, N, Dh)
         v = self.v_proj(x).view(B, N, hkv, dh).transpose(1, 2)  # (B, Hkv, N, Dh)
@@ -143,7 +143,7 @@ class NSAAttention(nn.Module):
         kc = self._compress(k, self.compress_k).repeat_interleave(group, 1)  # (B, Hq, T, Dh)
         vc = self._compress(v, self.compress_v).repeat_interleave(group, 1)
         t = kc.shape[2]
-        seen = (torch.arange(t, device=x.device)[None, :] + 1) * l - 1 <= torch.arange(N, device=x.device)[:, None]
+        seen = (torch.arange(t, device=x.device)[None, :] + 1) * bl - 1 <= torch.arange(N, device=x.device)[:, None]
         scores = (q @ kc.transpose(-1, -2)) / math.sqrt(dh)  # (B, Hq, N, T)
         scores = scores.masked_fill(~seen, float("-inf"))
         has = seen.any(-1)[:, None]  # (N, 1): rows with at least one whole block behind them
@@ -152,14 +152,14 @@ class NSAAttention(nn.Module):
 
         # selection branch: importance of key block j = compressed block j's probability at the
         # query block's first row (a later row would leak the future into earlier rows' choice)
-        mb = math.ceil(N / l)
-        imp = probs.detach().float()[:, :, ::l]  # (B, Hq, Mb, T)
+        mb = math.ceil(N / bl)
+        imp = probs.detach().float()[:, :, ::bl]  # (B, Hq, Mb, T)
         imp = imp.view(B, hkv, group, mb, t).sum(2)  # shared by the GQA group
-        kb = math.ceil(N / l)
+        kb = math.ceil(N / bl)
         imp = F.pad(imp, (0, kb - t), value=0.0)  # the partial last key block has no compressed vector
         chosen = choose(self.spec.branch_specs()["selection"], imp, N, N)  # (B, Hkv, Mb, Kb)
         chosen = chosen.repeat_interleave(group, 1)  # (B, Hq, Mb, Kb)
-        o_sel = _blocks_attention(q, k, v, chosen, l, self.impl)
+        o_sel = _blocks_attention(q, k, v, chosen, bl, self.impl)
 
         o_win = attention(q, k, v, self.window_spec, impl=self.impl)
         g = torch.sigmoid(self.gate(x)).view(B, N, hq, 3).permute(0, 2, 1, 3)  # (B, Hq, N, 3)

@@ -180,6 +180,17 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, run_di
             dist.close()
 
 
+def build_model(model_cfg: ModelConfig, cfg: TrainConfig, init=None) -> tuple[Transformer, dict]:
+    """The model a run starts from, on the CPU: seeded random weights, or ``init``'s (a
+    `Pretrained` of this architecture); then ``cfg.trainable`` adds LoRA adapters and freezes
+    the rest (`attnlab.train.trainable`). Returns ``(model, {"trainable": n, "frozen": n})``."""
+    torch.manual_seed(cfg.seed)
+    model = Transformer(model_cfg)
+    if init is not None:
+        model.load_state_dict(init.model.state_dict())  # same parameters; RoPE tables are rebuilt
+    return model, set_trainable(model, cfg.trainable, cfg.lora)
+
+
 def lm_loss(model_cfg: ModelConfig, autocast):
     """The step loss of language modelling (`fit`'s ``step_loss``): the model's own
     cross-entropy (causal, or over the masked positions for MLM)."""
@@ -219,11 +230,7 @@ def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume, config_
     if plan.done is not None:
         return plan.done
 
-    torch.manual_seed(cfg.seed)
-    model = Transformer(model_cfg)
-    if init is not None:
-        model.load_state_dict(init.model.state_dict())  # same parameters; RoPE tables are rebuilt
-    counts = set_trainable(model, cfg.trainable, cfg.lora)
+    model, counts = build_model(model_cfg, cfg, init)
     model.to(device)
     # a run from init that freezes weights saves what it trains; the rest is the init file's
     partial = init is not None and cfg.frozen and dist.mode != "fsdp"

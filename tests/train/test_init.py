@@ -175,6 +175,13 @@ def test_a_changed_base_file_is_named(env, tmp_path):
     ckpt.atomic_save(state, base)
     with pytest.raises(ValueError, match="has changed"):
         load_pretrained(str(tmp_path / "run"))
+    # a checkpoint naming itself as its base (crafted) is a named error, not endless recursion
+    own = tmp_path / "run" / "checkpoints" / "latest.pt"
+    state = ckpt.load(own)
+    state["base"] = {"source": str(own), "fingerprint": state["base"]["fingerprint"]}
+    ckpt.atomic_save(state, own)
+    with pytest.raises(ValueError, match="has changed"):
+        load_pretrained(str(own))
 
 
 # ---------------------------------------------------------------------- LoRA

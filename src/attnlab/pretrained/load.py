@@ -156,13 +156,22 @@ def checkpoint_weights(state: dict, path: Path) -> dict:
         if not isinstance(base, dict) or not all(isinstance(base.get(k), str) for k in ("source", "fingerprint")):
             raise ValueError(f"{path}: its 'base' entry must be {{'source': str, 'fingerprint': str}}, got {base!r}")
         why = f"{path} holds only the weights its run trained; the others are those of {base['source']!r}"
+
+        def check(fingerprint: str) -> None:
+            if fingerprint != base["fingerprint"]:
+                raise ValueError(f"{why}, whose file has changed (checksum {fingerprint}, the run used "
+                                 f"{base['fingerprint']}); restore that file")
+
         try:
+            _, file = resolve_source(base["source"])
+            if file.is_file():  # checked before loading: a base can never lead back to this file
+                check(file_fingerprint(file))
             pre = load_pretrained(base["source"])
         except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+            if str(err).startswith(why):
+                raise
             raise ValueError(f"{why}, which cannot be loaded: {err}") from err
-        if pre.fingerprint != base["fingerprint"]:
-            raise ValueError(f"{why}, whose file has changed (checksum {pre.fingerprint}, the run used "
-                             f"{base['fingerprint']}); restore that file")
+        check(pre.fingerprint)
         weights = {**pre.model.state_dict(), **weights}
     return merge_lora_state(weights)
 

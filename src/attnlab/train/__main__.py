@@ -73,8 +73,14 @@ def configs_from(cfg: DictConfig) -> tuple[ModelConfig | None, DataConfig, Train
     )
 
 
-# conf/train.yaml's defaults of the groups that make up `model`
-DEFAULT_GROUPS = {"model": "small", "attention": "dense"}
+MODEL_GROUPS = ("model", "attention")  # the config groups that make up `model`
+
+
+def _default_presets() -> dict[str, str]:
+    """conf/train.yaml's default option of each of `MODEL_GROUPS`."""
+    defaults = OmegaConf.load(CONF_DIR / "train.yaml").defaults
+    found = {k: v for entry in defaults if isinstance(entry, dict | DictConfig) for k, v in entry.items()}
+    return {g: found.get(g) for g in MODEL_GROUPS}
 
 
 def user_model_keys(cfg: DictConfig) -> list[str]:
@@ -94,10 +100,10 @@ def user_model_keys(cfg: DictConfig) -> list[str]:
             add(*(("model",) if name == "model" else ("attention", "layer_pattern")))
         elif name.startswith("model."):
             add(name.split(".")[1])
-    for group, default in DEFAULT_GROUPS.items():
+    for group, default in _default_presets().items():
         if choices.get(group) != default:
             add(*(("model",) if group == "model" else ("attention", "layer_pattern")))
-    presets = OmegaConf.merge(*(OmegaConf.load(CONF_DIR / g / f"{choices.get(g)}.yaml") for g in DEFAULT_GROUPS))
+    presets = OmegaConf.merge(*(OmegaConf.load(CONF_DIR / g / f"{choices.get(g)}.yaml") for g in MODEL_GROUPS))
     presets = OmegaConf.to_container(presets, resolve=True)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     add(*(k for k in model if model[k] != presets.get(k)))

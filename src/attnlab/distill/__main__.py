@@ -55,6 +55,10 @@ def main(cfg: DictConfig) -> None:
         if cfg.get("teacher") in (None, "", "???") or OmegaConf.is_missing(cfg, "teacher"):
             raise ValueError("teacher is not set: teacher=<run dir of python -m attnlab.train | .pt | smollm2 | gguf:<path>>")
         model_cfg, data_cfg, distill_cfg, train_cfg = configs_from(cfg)
+        if train_cfg.frozen:
+            raise UserInputError(f"train.trainable={train_cfg.trainable!r}: python -m attnlab.distill trains every "
+                                 "parameter of the student (train.trainable=all); freezing and LoRA are "
+                                 "python -m attnlab.train's (init=<teacher>)")
         if cfg.baseline not in BASELINES:
             raise UserInputError(f"baseline={cfg.baseline!r} is not allowed: one of {', '.join(BASELINES)}")
         parse_resume(cfg.resume)

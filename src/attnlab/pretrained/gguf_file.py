@@ -266,6 +266,11 @@ def load_gguf(path: str | Path, context: int | None = None, attn_impl: str = "au
     return model, tokenizer
 
 
+def load_gguf_tokenizer(path: str | Path) -> GGUFTokenizer:
+    """The tokenizer of a GGUF file alone (metadata only; no weights are read)."""
+    return GGUFTokenizer.from_metadata(_open(path).metadata, source=str(path))
+
+
 def _rope_buffers(cfg: ModelConfig):
     from attnlab.model import rope_cache
 

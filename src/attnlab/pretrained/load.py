@@ -8,7 +8,13 @@
   ``model`` and ``data`` dicts).
 
 The tokenizer is the model's: the GGUF's own; for an attnlab checkpoint, the one its
-training data used (byte, or the BPE trained on that run's train split, from the cache).
+training data used (byte, or the BPE trained on that run's train split, from the cache), or
+for a run started from a pretrained model (``python -m attnlab.train init=...``) that model's.
+
+A run that froze weights saves only what it trained plus ``base`` (its init source and that
+file's checksum, `attnlab.train.pretrained_init`); loading it loads the base, checks the
+checksum and lays the saved weights over it. LoRA adapters (`attnlab.model.lora`) are merged
+into plain weights: what loads is always a plain `Transformer`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import torch
 from attnlab.configs import from_dict
 from attnlab.data import ByteTokenizer, DataConfig, data_config_from_dict, load_split, train_bpe
 from attnlab.model import ModelConfig, Transformer
-from attnlab.pretrained.gguf_file import load_gguf, smollm2_gguf_path
+from attnlab.model.lora import merge_lora_state
+from attnlab.pretrained.gguf_file import load_gguf, load_gguf_tokenizer, smollm2_gguf_path
 
 CHECKPOINT = Path("checkpoints") / "latest.pt"
 
@@ -129,12 +136,71 @@ def load_pretrained(source: str, context: int | None = None, attn_impl: str | No
     if overrides:
         cfg = from_dict(ModelConfig, {**record["model"], **overrides}, "model")
     model = Transformer(cfg)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(checkpoint_weights(state, path))
     model = model.to(dtype).eval()
-    tokenizer = checkpoint_tokenizer(data, cache_dir)
+    tokenizer = run_tokenizer(record, data, cache_dir, path)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise ValueError(
             f"{path}: the model has {cfg.vocab_size} logits but its tokenizer ({tokenizer!r}) has "
             f"{tokenizer.vocab_size} tokens"
         )
     return Pretrained(model, cfg, tokenizer, str(source), "attnlab", file_fingerprint(path), data, record)
+
+
+def checkpoint_weights(state: dict, path: Path) -> dict:
+    """Every weight of a checkpoint's model, adapters merged: its ``model`` entry, laid over
+    the weights of its ``base`` source when it has one (checksum checked)."""
+    weights = state["model"]
+    base = state.get("base")
+    if base is not None:
+        if not isinstance(base, dict) or not all(isinstance(base.get(k), str) for k in ("source", "fingerprint")):
+            raise ValueError(f"{path}: its 'base' entry must be {{'source': str, 'fingerprint': str}}, got {base!r}")
+        why = f"{path} holds only the weights its run trained; the others are those of {base['source']!r}"
+
+        def check(fingerprint: str) -> None:
+            if fingerprint != base["fingerprint"]:
+                raise ValueError(f"{why}, whose file has changed (checksum {fingerprint}, the run used "
+                                 f"{base['fingerprint']}); restore that file")
+
+        try:
+            _, file = resolve_source(base["source"])
+            if file.is_file():  # checked before loading: a base can never lead back to this file
+                check(file_fingerprint(file))
+            pre = load_pretrained(base["source"])
+        except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+            if str(err).startswith(why):
+                raise
+            raise ValueError(f"{why}, which cannot be loaded: {err}") from err
+        check(pre.fingerprint)
+        weights = {**pre.model.state_dict(), **weights}
+    return merge_lora_state(weights)
+
+
+def source_tokenizer(source: str, cache_dir: Path | None = None):
+    """The tokenizer of a model source, read without its weights where the format allows."""
+    kind, path = resolve_source(source)
+    if kind == "gguf":
+        return load_gguf_tokenizer(path)
+    if kind == "attnlab":
+        from attnlab.train import checkpoint as ckpt
+
+        record = ckpt.read_meta(path)["config"]
+        return run_tokenizer(record, data_config_from_dict(record["data"], "data"), cache_dir, path)
+    return load_pretrained(source, cache_dir=cache_dir).tokenizer
+
+
+def run_tokenizer(record: dict, data: DataConfig, cache_dir: Path | None, path: Path):
+    """The tokenizer of a trained run: its init model's (``init_source``, checked against the
+    recorded fingerprint) or the one its data config builds."""
+    init = record.get("init_source")
+    if not init:
+        return checkpoint_tokenizer(data, cache_dir)
+    try:
+        tokenizer = source_tokenizer(init, cache_dir)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        raise ValueError(f"{path}: the run trained with the tokenizer of {init!r}, which cannot be loaded: {err}") \
+            from err
+    if record.get("tokenizer") and tokenizer.fingerprint() != record["tokenizer"]:
+        raise ValueError(f"{path}: the run trained with tokenizer {record['tokenizer']} of {init!r}, which now has "
+                         f"{tokenizer.fingerprint()}")
+    return tokenizer

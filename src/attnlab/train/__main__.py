@@ -2,6 +2,7 @@
 
     python -m attnlab.train model=small attention=swa train.steps=500
     python -m attnlab.train hydra.run.dir=outputs/train/<run>     # rerun: skip, or continue
+    python -m attnlab.train init=smollm2 attention=swa_sink train.trainable=lora   # from a pretrained model
     torchrun --nproc_per_node=4 -m attnlab.train train.distributed=ddp   # or fsdp (README: "Training on several GPUs or nodes")
 
 Writes into the run dir: config.json, metrics.jsonl (train/eval records), metrics.json
@@ -20,6 +21,12 @@ it is refused, naming the holder's pid and host):
 - `resume=true` continues from the checkpoint whatever its config (e.g. more train.steps);
   `resume=false` starts only where there is no run to lose; `resume=force` starts over
   (removes the run's checkpoints and metrics).
+``init=<source>`` (smollm2, gguf:<path>, a run dir, a .pt; anything `load_source` takes) starts
+from that model: its architecture, weights and tokenizer (`attnlab.train.pretrained_init`).
+The ``model=`` preset and ``model.*`` keys other than the attention layout, context, attn_impl
+and dropout are refused, naming them. ``train.trainable`` freezes the rest of the model
+(``lora`` adds adapters; `attnlab.train.trainable`).
+
 Config errors (a bad value, an unknown key or config option) print one line `error: ...` naming
 the key (e.g. `train.lr=-1.0 ...`) and exit with status 2; in a sweep (-m) the run is recorded
 as failed and the sweep goes on. HYDRA_FULL_ERROR=1 shows the traceback instead.
@@ -30,6 +37,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -44,21 +52,79 @@ from attnlab.errors import hydra_cli, print_error, user_error_types
 from attnlab.model import ModelConfig
 from attnlab.paths import CONF_DIR
 from attnlab.train import checkpoint as ckpt
+from attnlab.train import pretrained_init
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import Dist, rank_from_env, setup, world_size_from_env
 from attnlab.train.loop import check_against_corpus, check_world_size, train
 from attnlab.train.rundir import RunDirError, config_hash, holds_run, locked, parse_resume
+from attnlab.train.trainable import check_trainable
 
 
-def configs_from(cfg: DictConfig) -> tuple[ModelConfig, DataConfig, TrainConfig]:
-    """DictConfig -> the three plain dataclasses (errors name the config key)."""
+def configs_from(cfg: DictConfig) -> tuple[ModelConfig | None, DataConfig, TrainConfig]:
+    """DictConfig -> the three plain dataclasses (errors name the config key). With ``init``
+    set the model is the pretrained one's (`init_configs`): None here."""
     container = OmegaConf.to_container(cfg, resolve=True)
     check_attention_specs(container["model"])
+    init = container.get("init") is not None
     return (
-        from_dict(ModelConfig, container["model"], "model"),
+        None if init else from_dict(ModelConfig, container["model"], "model"),
         data_config_from_dict(container["data"], "data"),
         from_dict(TrainConfig, container["train"], "train"),
     )
+
+
+MODEL_GROUPS = ("model", "attention")  # the config groups that make up `model`
+
+
+def _default_presets() -> dict[str, str]:
+    """conf/train.yaml's default option of each of `MODEL_GROUPS`."""
+    defaults = OmegaConf.load(CONF_DIR / "train.yaml").defaults
+    found = {k: v for entry in defaults if isinstance(entry, dict | DictConfig) for k, v in entry.items()}
+    return {g: found.get(g) for g in MODEL_GROUPS}
+
+
+def user_model_keys(cfg: DictConfig) -> list[str]:
+    """The `ModelConfig` fields this job's config sets beyond the default presets (``model``
+    for the ``model=`` preset itself): from command-line overrides (even to a preset's own
+    value), group choices and experiment files (any value that differs from the presets')."""
+    hydra_cfg = HydraConfig.get()
+    choices = hydra_cfg.runtime.choices
+    keys: list[str] = []
+
+    def add(*names):
+        keys.extend(n for n in names if n not in keys)
+
+    for override in hydra_cfg.overrides.task:
+        name = override.split("=", 1)[0].lstrip("+~")
+        if name in ("model", "attention"):
+            add(*(("model",) if name == "model" else ("attention", "layer_pattern")))
+        elif name.startswith("model."):
+            add(name.split(".")[1])
+    for group, default in _default_presets().items():
+        if choices.get(group) != default:
+            add(*(("model",) if group == "model" else ("attention", "layer_pattern")))
+    presets = OmegaConf.merge(*(OmegaConf.load(CONF_DIR / g / f"{choices.get(g)}.yaml") for g in MODEL_GROUPS))
+    presets = OmegaConf.to_container(presets, resolve=True)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    add(*(k for k in model if model[k] != presets.get(k)))
+    if "attention" in keys or "layer_pattern" in keys:  # a layout is the pair
+        add("attention", "layer_pattern")
+    return keys
+
+
+def init_configs(cfg: DictConfig, data_cfg: DataConfig):
+    """``init=<source>``: refuse model keys it cannot take (before loading anything), load the
+    source, and return ``(pretrained, model config, corpus in its tokens)``."""
+    source = str(cfg.init)
+    keys = user_model_keys(cfg)
+    pretrained_init.check_model_keys(source, keys, HydraConfig.get().runtime.choices.get("model"))
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    overrides = {k: model[k] for k in keys}
+    pre = pretrained_init.load_init(source, data_cfg, context=overrides.get("context"))
+    model_cfg = pretrained_init.init_model_config(pre, overrides)
+    pretrained_init.check_init_context(data_cfg, model_cfg, pre)
+    corpus = pretrained_init.init_corpus(data_cfg, pre)
+    return pre, model_cfg, corpus
 
 
 def check_attention_specs(model: dict) -> None:
@@ -117,14 +183,15 @@ def _agree_on_run_dir(own: Path, dist: Dist) -> Path:
     return run_dir
 
 
-def open_run(cfg: DictConfig, dist: Dist) -> tuple[Path, dict, str, bool]:
+def open_run(cfg: DictConfig, dist: Dist, record_update: dict | None = None) -> tuple[Path, dict, str, bool]:
     """Start of a training or distillation job: (run dir, resolved config record with its
     ``config_hash``, the hash, done?). Every rank takes rank 0's run dir; done = the dir already
-    holds a complete run of this config (rank 0 says so), so the job is skipped."""
+    holds a complete run of this config (rank 0 says so), so the job is skipped.
+    ``record_update``: entries that replace or join the config's before it is hashed."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if dist.active:
         run_dir = _agree_on_run_dir(run_dir, dist)
-    record = OmegaConf.to_container(cfg, resolve=True)
+    record = OmegaConf.to_container(cfg, resolve=True) | (record_update or {})
     record["config_hash"] = digest = config_hash(record)
     done = already_complete(run_dir, digest)
     if done and dist.is_main:
@@ -140,8 +207,13 @@ def main(cfg: DictConfig) -> float | None:
         resume = parse_resume(cfg.resume)
         if train_cfg.distributed != "none":
             check_world_size(data_cfg, world_size_from_env())
-        corpus = load_corpus(data_cfg)
+        if cfg.get("init") is not None:
+            pre, model_cfg, corpus = init_configs(cfg, data_cfg)
+            data_cfg = corpus.config
+        else:
+            pre, corpus = None, load_corpus(data_cfg)
         model_cfg = check_against_corpus(model_cfg, data_cfg, corpus)
+        check_trainable(model_cfg, train_cfg)
         dist = setup(train_cfg.distributed, train_cfg.device)
     except user_error_types() as err:
         print_error(err)  # one line (HYDRA_FULL_ERROR=1: the traceback first)
@@ -149,7 +221,7 @@ def main(cfg: DictConfig) -> float | None:
             return _record_failed_config(cfg, err)
         sys.exit(2)
     try:
-        return _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist)
+        return _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist, pre)
     finally:
         dist.close()
 
@@ -169,9 +241,12 @@ def _objective(metrics: dict) -> float | None:
     return metrics.get("val_bpb", metrics.get("val_loss"))
 
 
-def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist) -> float | None:
+def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist, pre=None) -> float | None:
     hydra_cfg = HydraConfig.get()
-    run_dir, record, _, done = open_run(cfg, dist)
+    update = None
+    if pre is not None:  # the model and data actually trained, the source's checksum and tokenizer
+        update = {"model": asdict(model_cfg), "data": asdict(data_cfg), **pretrained_init.init_record(pre, corpus)}
+    run_dir, record, _, done = open_run(cfg, dist, update)
     if done:
         return _objective(json.loads((run_dir / "metrics.json").read_text()))
     if hydra_cfg.mode == RunMode.MULTIRUN and train_cfg.wandb_group is None:
@@ -179,7 +254,7 @@ def _run(cfg, model_cfg, data_cfg, train_cfg, corpus, resume, dist: Dist) -> flo
     try:
         with locked(run_dir, dist):
             metrics = train(model_cfg, data_cfg, train_cfg, run_dir, resume=resume, config_record=record,
-                            corpus=corpus, dist=dist)
+                            corpus=corpus, dist=dist, init=pre)
     except RunDirError as err:  # locked, or a run it would destroy: the run dir is left as it is
         print(f"error: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from attnlab.errors import check_seed
+from attnlab.errors import UserInputError, check_seed
 
 DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("none", "jsonl", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
 DISTRIBUTED = ("none", "ddp", "fsdp")
+
+
+@dataclass
+class LoraConfig:
+    """``train.lora``: LoRA adapters (`attnlab.model.lora`), used when ``train.trainable``
+    names ``lora``. rank: r. alpha: the update is scaled by alpha / rank. targets: projection
+    names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self):
+        from attnlab.model.lora import check_lora_args
+
+        if isinstance(self.targets, tuple):
+            self.targets = list(self.targets)
+        try:
+            check_lora_args(self.targets, self.rank, self.alpha)
+        except ValueError as err:
+            raise UserInputError(f"train.lora.{err}") from None
 
 
 @dataclass
@@ -26,6 +47,9 @@ class TrainConfig:
     logger: none | jsonl | wandb (jsonl is always written; wandb adds a wandb run).
     distributed: none | ddp | fsdp: data parallel over the processes torchrun starts (each
     takes its rows of the global batch; see `attnlab.train.distributed`).
+    trainable: which parameters train (`attnlab.train.trainable`): all | attention | mlp |
+    norms | embeddings | lora, or a list of groups and parameter-name globs; the rest is frozen.
+    lora: `LoraConfig` (a dict is converted), used when ``trainable`` names lora.
     """
 
     steps: int = 1000
@@ -51,6 +75,8 @@ class TrainConfig:
     wandb_project: str = "attnlab"
     wandb_group: str | None = None
     distributed: str = "none"
+    trainable: str | list[str] = "all"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
         ints = {"steps": 1, "warmup_steps": 0, "grad_accum": 1, "eval_every": 0, "log_every": 0, "ckpt_every": 0}
@@ -86,3 +112,18 @@ class TrainConfig:
             raise ValueError(f"train.distributed={self.distributed!r} must be one of {', '.join(DISTRIBUTED)}")
         if self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"train.wandb_mode={self.wandb_mode!r} must be one of {', '.join(WANDB_MODES)}")
+        from attnlab.configs import from_dict
+        from attnlab.train.trainable import parse_trainable
+
+        parse_trainable(self.trainable)
+        if isinstance(self.trainable, tuple):
+            self.trainable = list(self.trainable)
+        if isinstance(self.lora, dict):
+            self.lora = from_dict(LoraConfig, self.lora, "train.lora")
+        elif not isinstance(self.lora, LoraConfig):
+            raise ValueError(f"train.lora={self.lora!r} must be a mapping with keys rank, alpha, targets")
+
+    @property
+    def frozen(self) -> bool:
+        """Something is frozen (``trainable`` is not ``all``)."""
+        return self.trainable != "all" and self.trainable != ["all"]

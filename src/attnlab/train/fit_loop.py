@@ -14,7 +14,10 @@ the rest, the same way for every job:
   names the step and the last good checkpoint, which is kept;
 - checkpoints (``latest.pt``, or a DCP folder under FSDP2) every ``train.ckpt_every`` steps,
   at ``train.stop_at`` (the process ends there, as if interrupted) and at the end;
-- ``train.compile``: the step runs ``torch.compile(model)``.
+- ``train.compile``: the step runs ``torch.compile(model)``;
+- frozen parameters (``requires_grad=False``, `attnlab.train.trainable`) are left out of the
+  optimizer; ``frozen_keys`` leaves them out of ``latest.pt`` too (the job says where they
+  come from in ``checkpoint_extra``) and lets a resume find them already in the model.
 
 Run-dir locking and what a rerun does are the jobs' first step (`attnlab.train.rundir`).
 """
@@ -25,7 +28,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +78,8 @@ class Fitted:
 def fit(model: nn.Module, step_loss: StepLoss, corpus, cfg: TrainConfig, run_dir, *, evaluate: Callable[[], dict],
         record: dict, resume: bool = False, dist: Dist | None = None, extra: nn.Module | None = None,
         global_batch: Callable[[int], tuple] | None = None,
-        summary: Callable[[Fitted], dict] | None = None) -> Fitted:
+        summary: Callable[[Fitted], dict] | None = None, frozen_keys: Collection[str] = (),
+        checkpoint_extra: dict | None = None) -> Fitted:
     """Train ``model`` (and ``extra``'s parameters, e.g. distillation's hidden-state
     projections) for ``cfg.steps`` optimizer steps on ``step_loss`` (module docstring).
 
@@ -83,7 +87,11 @@ def fit(model: nn.Module, step_loss: StepLoss, corpus, cfg: TrainConfig, run_dir
     doc_ids or None)`` the global micro-batch (default: ``corpus.train_batch``). ``evaluate()``:
     val metrics of the model now. ``record``: the config saved in checkpoints. ``resume``:
     continue from the latest checkpoint. ``summary(fitted)`` (every rank): the final metrics,
-    written by rank 0 to metrics.json and returned as ``fitted.metrics`` (rank 0's)."""
+    written by rank 0 to metrics.json and returned as ``fitted.metrics`` (rank 0's).
+    ``frozen_keys``: model state-dict keys that ``latest.pt`` leaves out (frozen weights the
+    model already holds when it starts; FSDP's sharded checkpoints keep everything).
+    ``checkpoint_extra``: more entries for every checkpoint (e.g. the ``base`` the frozen
+    weights come from)."""
     dist = dist or Dist()
     run_dir = Path(run_dir)
     main, device, sharded = dist.is_main, dist.device, dist.mode == "fsdp"
@@ -91,8 +99,9 @@ def fit(model: nn.Module, step_loss: StepLoss, corpus, cfg: TrainConfig, run_dir
         torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)  # own dropout stream per rank
     ckpt_dir = run_dir / "checkpoints"
     found, state = ckpt.open_for_resume(ckpt_dir, resume, dist)
+    frozen_keys = set(frozen_keys)
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_model_state(model, state["model"], frozen_keys, found)
         if extra is not None:
             extra.load_state_dict(state["extra"])
     train_model = dist.wrap(model)  # DDP: a wrapper; FSDP2: `model` itself, sharded in place
@@ -131,13 +140,14 @@ def fit(model: nn.Module, step_loss: StepLoss, corpus, cfg: TrainConfig, run_dir
                 f"non-finite parameters after step {step}; not saving them; last good checkpoint: {last_good()}")
         rng = dist.gather_objects(ckpt.rng_states())
         meta = {"scheduler": scheduler.state_dict(), "rng": rng[0], "rng_per_rank": rng, "step": step,
-                "config": record, "world_size": dist.world, "distributed": dist.mode}
+                "config": record, "world_size": dist.world, "distributed": dist.mode, **(checkpoint_extra or {})}
         if sharded:
             path = ckpt.save_sharded(_dcp_state(model, extra, params, optimizer), meta, ckpt_dir, step, dist)
         else:
             path = ckpt_dir / ckpt.LATEST
             if main:
-                own = {"model": model.state_dict(), **({"extra": extra.state_dict()} if extra is not None else {})}
+                weights = {k: v for k, v in model.state_dict().items() if k not in frozen_keys}
+                own = {"model": weights, **({"extra": extra.state_dict()} if extra is not None else {})}
                 ckpt.atomic_save({**own, "optimizer": optimizer.state_dict(), **meta}, path)
         good.update(path=path, step=step)
 
@@ -219,6 +229,19 @@ def fit(model: nn.Module, step_loss: StepLoss, corpus, cfg: TrainConfig, run_dir
 
 
 # ---------------------------------------------------------------------- helpers
+def load_model_state(model: nn.Module, weights: dict, frozen_keys: set[str], path) -> None:
+    """A checkpoint's model weights into ``model``: every key, or every key but the frozen
+    ones (which the model already holds); anything else is an error naming the checkpoint."""
+    if not frozen_keys:
+        model.load_state_dict(weights)
+        return
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    wrong = sorted(set(missing) - frozen_keys) + sorted(unexpected)
+    if wrong:
+        raise ValueError(f"{path}: its model weights do not fit this run's model (trainable parameters and "
+                         f"adapters): {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
+
+
 def _corpus_batch(corpus, index: int, pack: bool) -> tuple:
     x, y, *docs = corpus.train_batch(index, with_doc_ids=pack)
     return x, y, docs[0] if docs else None

@@ -19,10 +19,11 @@ import torch
 
 from attnlab.data import DataConfig, bits_per_byte, build_data
 from attnlab.model import ModelConfig, Transformer, flops_per_token, mask_tokens, num_params
-from attnlab.train import rundir
+from attnlab.train import pretrained_init, rundir
 from attnlab.train.config import TrainConfig
 from attnlab.train.distributed import Dist, setup
 from attnlab.train.fit_loop import Batch, Fitted, fit
+from attnlab.train.trainable import frozen_state_keys, set_trainable
 
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU; unknown cards report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
@@ -152,24 +153,42 @@ def check_world_size(data_cfg: DataConfig, world: int) -> None:
 
 
 def train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, run_dir, resume: bool | str = False,
-          config_record: dict | None = None, corpus=None, dist: Dist | None = None) -> dict:
+          config_record: dict | None = None, corpus=None, dist: Dist | None = None, init=None) -> dict:
     """Train; returns the final metrics (``{"status": "stopped", ...}`` at ``cfg.stop_at``).
 
     ``resume``: false | true | "auto" | "force": what to do with a run the dir already holds
     (`attnlab.train.rundir`; a complete run of this config is not redone: its metrics are
     returned). ``corpus``: an already built `Corpus` of ``data_cfg`` (else it is built here).
     ``dist``: the process group to use (else `setup(cfg.distributed)` joins one and leaves it
-    at the end).
+    at the end). ``init``: a `Pretrained` to start from (`attnlab.train.pretrained_init`):
+    ``model_cfg`` is its architecture (`init_model_config`), the corpus is tokenized with its
+    tokenizer, and the run starts from its weights.
+
+    ``cfg.trainable`` (`attnlab.train.trainable`) freezes the rest of the model and may add
+    LoRA adapters. A run from ``init`` that freezes weights saves only what it trains, plus
+    ``base`` (the init source and its file's checksum): ``load_pretrained(run_dir)`` rebuilds
+    the full model from both, adapters merged. Other runs save every weight.
     """
     own = dist is None
     dist = setup(cfg.distributed, cfg.device) if own else dist
     try:
         run_dir = Path(run_dir)
         with rundir.locked(run_dir, dist):
-            return _train(model_cfg, data_cfg, cfg, run_dir, resume, config_record, corpus, dist)
+            return _train(model_cfg, data_cfg, cfg, run_dir, resume, config_record, corpus, dist, init)
     finally:
         if own:
             dist.close()
+
+
+def build_model(model_cfg: ModelConfig, cfg: TrainConfig, init=None) -> tuple[Transformer, dict]:
+    """The model a run starts from, on the CPU: seeded random weights, or ``init``'s (a
+    `Pretrained` of this architecture); then ``cfg.trainable`` adds LoRA adapters and freezes
+    the rest (`attnlab.train.trainable`). Returns ``(model, {"trainable": n, "frozen": n})``."""
+    torch.manual_seed(cfg.seed)
+    model = Transformer(model_cfg)
+    if init is not None:
+        model.load_state_dict(init.model.state_dict())  # same parameters; RoPE tables are rebuilt
+    return model, set_trainable(model, cfg.trainable, cfg.lora)
 
 
 def lm_loss(model_cfg: ModelConfig, autocast):
@@ -186,7 +205,8 @@ def lm_loss(model_cfg: ModelConfig, autocast):
     return step_loss
 
 
-def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume, config_record, corpus, dist: Dist) -> dict:
+def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume, config_record, corpus, dist: Dist,
+           init=None) -> dict:
     main = dist.is_main
     rundir.record_start(run_dir, rundir.record_of(config_record, model=model_cfg, data=data_cfg, train=cfg), dist)
     device = dist.device
@@ -194,17 +214,28 @@ def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume, config_
     if corpus is None:
         if not main:
             dist.barrier()  # rank 0 fills the token cache first
-        corpus = build_data(data_cfg)
+        corpus = build_data(data_cfg) if init is None else pretrained_init.init_corpus(data_cfg, init)
         if main:
             dist.barrier()
+    if init is not None:
+        data_cfg = corpus.config  # records the tokenizer it was given where DataConfig can say it
+        pretrained_init.check_init_context(data_cfg, model_cfg, init)
     model_cfg = check_against_corpus(model_cfg, data_cfg, corpus)
     record = rundir.record_of(config_record, model=model_cfg, data=data_cfg, train=cfg)
+    if init is not None:
+        if record.get("init") is None:
+            record["init"] = init.source
+        record.update(pretrained_init.init_record(init, corpus))
     plan = rundir.start(run_dir, record, resume, dist, sharded=dist.mode == "fsdp")
     if plan.done is not None:
         return plan.done
 
-    torch.manual_seed(cfg.seed)
-    model = Transformer(model_cfg).to(device)
+    model, counts = build_model(model_cfg, cfg, init)
+    model.to(device)
+    # a run from init that freezes weights saves what it trains; the rest is the init file's
+    partial = init is not None and cfg.frozen and dist.mode != "fsdp"
+    frozen_keys = frozen_state_keys(model) if partial else set()
+    base = {"base": pretrained_init.base_entry(init)} if partial else None
     amp = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
     # packed documents: attention FLOPs of the first training batch's documents (a sample)
@@ -243,10 +274,15 @@ def _train(model_cfg, data_cfg, cfg: TrainConfig, run_dir: Path, resume, config_
             "world_size": dist.world,
             "objective": model_cfg.objective,
             "layer_specs": [s.name for s in model_cfg.layer_specs()],
+            **({"init": record.get("init"), "init_fingerprint": record.get("init_fingerprint")} if init else {}),
+            "trainable": cfg.trainable,
+            "params_trainable": counts["trainable"],
+            "checkpoint_weights": "trainable" if partial else "all",
         }
 
     fitted = fit(model, lm_loss(model_cfg, autocast), corpus, cfg, run_dir, record=record, resume=plan.resume,
-                 dist=dist, global_batch=global_batch, summary=summary,
+                 dist=dist, global_batch=global_batch, summary=summary, frozen_keys=frozen_keys,
+                 checkpoint_extra=base,
                  evaluate=lambda: evaluate(model, corpus, model_cfg, cfg, device, autocast, dist))
     if fitted.status == "stopped":
         return {"status": "stopped", "step": fitted.step}

@@ -20,7 +20,8 @@ nothing and says how to go on: another run dir, or ``resume=force`` to start ove
 
 "This config": the same config hash (`config_hash`) or, for runs hashed another way, no
 differing key. Both cover the keys that change results: every key of the record but
-`NOT_RESULT_KEYS` (logging, progress, checkpoint cadence, cache folders).
+`NOT_RESULT_KEYS` (logging, progress, checkpoint cadence, cache folders), `NEUTRAL_DEFAULTS`
+at their defaults, and ``train.lora`` unless ``train.trainable`` names lora.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ NOT_RESULT_KEYS = (
     "resume", "config_hash",
     "train.logger", "train.wandb_mode", "train.wandb_project", "train.wandb_group", "train.progress",
     "train.log_every", "train.ckpt_every", "train.stop_at",
-    "data.cache_dir", "distill.cache_dir",
+    "data.cache_dir", "distill.cache_dir", "init_source",
 )
+#: Keys left out of the hash while they hold these values: options added after runs existed,
+#: whose default is what every older run did (so adding them changes no run's identity).
+NEUTRAL_DEFAULTS = {"init": None, "train.trainable": "all"}
 #: What `resume=force` removes before starting over (the jobs' outputs; config.json is rewritten).
 RUN_OUTPUTS = ("checkpoints", "metrics.json", "metrics.jsonl", "error.txt", "init_eval.json", "scratch",
                "scratch_metrics.json", "wandb_id.txt")
@@ -83,7 +87,14 @@ def _flat(record: dict, prefix: str = "") -> dict:
 
 
 def _result_keys(record: dict) -> dict:
-    return _flat(json.loads(json.dumps(record, default=str)))  # tuples -> lists, as config.json has them
+    flat = _flat(json.loads(json.dumps(record, default=str)))  # tuples -> lists, as config.json has them
+    for key, neutral in NEUTRAL_DEFAULTS.items():
+        if key in flat and flat[key] in (neutral, [neutral]):
+            del flat[key]
+    trainable = flat.get("train.trainable", "all")
+    if "lora" not in ([trainable] if isinstance(trainable, str) else trainable):  # train.lora is unused
+        flat = {k: v for k, v in flat.items() if not k.startswith("train.lora.")}
+    return flat
 
 
 def config_hash(record: dict) -> str:

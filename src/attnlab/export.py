@@ -22,18 +22,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnlab.errors import UserInputError, hydra_cli, user_errors
-from attnlab.pretrained.sources import load_source
+from attnlab.pretrained.sources import check_source_given, load_source
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
-def check_options(out, overwrite, dtype) -> tuple[Path, object]:
-    """Validate ``out``, ``overwrite`` and ``dtype`` (conf/export.yaml's keys) before loading
-    anything; returns (out as a Path, the torch dtype or None)."""
+def check_options(source, out, overwrite, dtype) -> tuple[Path, object]:
+    """Validate conf/export.yaml's keys before loading anything; returns (out as a Path, the
+    torch dtype or None)."""
     from attnlab.pretrained.hf_dir import DTYPES, check_out_dir
 
-    if out is None or not isinstance(out, str) or out.strip() in ("", "???"):
-        raise UserInputError(f"out={out!r} is not allowed: out=<a new or empty directory>")
+    check_source_given("source", source)
+    if out is None or (isinstance(out, str) and out.strip() in ("", "???")):
+        raise UserInputError("out is not set: out=<a new or empty directory>")
+    if not isinstance(out, str):
+        raise UserInputError(f"out={out!r} is not allowed: a directory path")
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise UserInputError(f"dtype={dtype!r} is not allowed: null (the model's), {', '.join(DTYPE_NAMES)}")
     path = Path(out).expanduser()
@@ -44,7 +47,7 @@ def check_options(out, overwrite, dtype) -> tuple[Path, object]:
 def export(source: str, out: str, overwrite: bool = False, dtype: str | None = None) -> Path:
     """Load ``source`` and write it to ``out`` as a Hugging Face Llama directory; returns it.
     Bad input raises `UserInputError` naming the key (``source=``, ``out=``, ...)."""
-    path, torch_dtype = check_options(out, overwrite, dtype)
+    path, torch_dtype = check_options(source, out, overwrite, dtype)
     pre = load_source(source, "source")
     return _write(pre, path, overwrite, torch_dtype)
 
@@ -71,7 +74,7 @@ def main() -> None:
             c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
             source = None if OmegaConf.is_missing(cfg, "source") else c["source"]
             out = None if OmegaConf.is_missing(cfg, "out") else c["out"]
-            path, torch_dtype = check_options(out, c["overwrite"], c["dtype"])
+            path, torch_dtype = check_options(source, out, c["overwrite"], c["dtype"])
             pre = load_source(source, "source")
             written = _write(pre, path, c["overwrite"], torch_dtype)
         tokenizer = "tokenizer.json" if (written / "tokenizer.json").is_file() else "no tokenizer (it has no tokenizers form)"

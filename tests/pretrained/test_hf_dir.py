@@ -239,3 +239,25 @@ def test_layer_specs_for_every_serialisable_kind_round_trip():
     for spec in specs:
         entry = json.loads(json.dumps(spec_to_json(spec)))
         assert spec_from_json(entry, "x") == spec
+
+
+def test_attnlab_imports_without_transformers_or_safetensors(tmp_path):
+    """The hf extra is optional: the modules import without it and say what to install when used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['transformers'] = None; sys.modules['safetensors'] = None\n"
+        "import attnlab.export, attnlab.integrations.hf, attnlab.pretrained.hf_dir as d\n"
+        "from attnlab.model import ModelConfig, Transformer\n"
+        "for call in (lambda: attnlab.integrations.hf.register(),\n"
+        "             lambda: d.save_hf(Transformer(ModelConfig(vocab_size=8, d_model=8, n_heads=2)), 'unused')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ModuleNotFoundError as err:\n"
+        "        assert 'attnlab[hf]' in str(err), err\n"
+        "    else:\n"
+        "        raise SystemExit('no error')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]

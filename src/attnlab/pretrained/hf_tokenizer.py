@@ -24,7 +24,13 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from attnlab.data.tokenizers import _UNICODE_TO_BYTE, BPETokenizer, ByteTableTokenizer, ByteTokenizer, _bytes_to_unicode
+from attnlab.data.tokenizers import (
+    _UNICODE_TO_BYTE,
+    BPETokenizer,
+    ByteTableTokenizer,
+    ByteTokenizer,
+    _bytes_to_unicode,
+)
 from attnlab.errors import UserInputError
 
 MAX_TOKENIZER_BYTES = 1 << 28  # a tokenizer.json over 256 MB is not a tokenizer

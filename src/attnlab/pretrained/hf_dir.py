@@ -346,6 +346,7 @@ def save_hf(model: Transformer, out: str | os.PathLike, tokenizer=None, overwrit
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+        os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes 0600; give what open() would
         files = {CONFIG: json.dumps(config, indent=2) + "\n", CHECKSUM: file_sha256(tmp / WEIGHTS) + "\n", **files}
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")

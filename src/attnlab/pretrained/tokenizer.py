@@ -65,7 +65,7 @@ class GGUFTokenizer(ByteTableTokenizer):
     name = "gguf"
 
     def __init__(self, tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int], pre: str,
-                 source: str = ""):
+                 source: str = "", special_ids: dict[str, int] | None = None):
         where = source or "GGUF"
         if not isinstance(pre, str) or pre not in DIGIT_SPLIT_PRE + GPT2_PRE:
             raise GGUFError(
@@ -75,6 +75,9 @@ class GGUFTokenizer(ByteTableTokenizer):
         self.tokens, self.merges, self.token_types = list(tokens), list(merges), list(token_types)
         self.pre, self.source = pre, source
         _check_vocabulary(self.tokens, self.merges, self.token_types, where)
+        # {"bos_token_id": id, "eos_token_id": id} where the file names them (written into exports)
+        self.special_ids = {k: v for k, v in (special_ids or {}).items()
+                            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(self.tokens)}
         self._backend = self._build_backend()
 
     @classmethod
@@ -92,8 +95,9 @@ class GGUFTokenizer(ByteTableTokenizer):
                 raise GGUFError(f"{where}: {key} is {'missing' if key not in metadata else 'not an array'}")
         tokens = metadata["tokenizer.ggml.tokens"]
         types = metadata.get("tokenizer.ggml.token_type")
+        special = {f"{k}_token_id": metadata.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
         return cls(tokens, metadata["tokenizer.ggml.merges"], [1] * len(tokens) if types is None else types,
-                   metadata.get("tokenizer.ggml.pre", "gpt2"), source)
+                   metadata.get("tokenizer.ggml.pre", "gpt2"), source, special)
 
     def _build_backend(self):
         try:
@@ -125,6 +129,10 @@ class GGUFTokenizer(ByteTableTokenizer):
     @cached_property
     def vocab_size(self) -> int:
         return len(self.tokens)
+
+    def to_json(self) -> str:
+        """The rebuilt ``tokenizers.Tokenizer`` as JSON (a model directory's ``tokenizer.json``)."""
+        return self._backend.to_str()
 
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text, add_special_tokens=False).ids

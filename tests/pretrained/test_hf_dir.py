@@ -261,3 +261,18 @@ def test_attnlab_imports_without_transformers_or_safetensors(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_nsa_and_topk_layers(tmp_path):
+    """topk_blocks has a JSON form and round-trips; NSA layers (own weights) are refused."""
+    from attnlab.model import ModelConfig, Transformer
+    from attnlab.pretrained import HFDirError, load_hf, save_hf
+
+    base = dict(vocab_size=32, d_model=32, n_layers=2, n_heads=4, context=32)
+    topk = Transformer(ModelConfig(**base, attention={"m": {"kind": "topk_blocks", "block_size": 8, "top_k": 2}},
+                                   layer_pattern=["m"]))  # fmt: skip
+    save_hf(topk, tmp_path / "topk")
+    assert load_hf(tmp_path / "topk").model.config.layer_specs() == topk.config.layer_specs()
+    nsa = Transformer(ModelConfig(**base, attention={"n": {"kind": "nsa", "block_size": 8}}, layer_pattern=["n"]))
+    with pytest.raises(HFDirError, match="NSA"):
+        save_hf(nsa, tmp_path / "nsa")

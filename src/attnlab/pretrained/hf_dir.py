@@ -85,7 +85,10 @@ def _safe_open():
 # ---------------------------------------------------------------------- attention specs <-> JSON
 def spec_to_json(spec: AttentionSpec, where: str = "") -> dict:
     """``spec`` as JSON-able `AttentionSpec` kwargs (kind and causal always, other fields
-    when not default). `HFDirError` for kind="custom" and explicit layouts."""
+    when not default). `HFDirError` for kind="custom", explicit layouts and NSA layers."""
+    if spec.kind == "nsa":
+        raise HFDirError(f"{where}{spec.name}: NSA layers have compression and gate weights that a Llama "
+                         "checkpoint has no place for; they cannot be exported as Hugging Face Llama")
     if spec.kind == "custom":
         raise HFDirError(f"{where}{spec.name}: kind='custom' (a Python mask_mod) cannot be written to config.json; "
                          "export a model whose attention is dense, sliding_window or a block_sparse pattern")

@@ -69,3 +69,14 @@ def test_module_entry_point(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert is_png(out)
+
+
+def test_cli_draws_a_selected_layout_for_a_given_input(tmp_path, capsys):
+    out = tmp_path / "topk.png"
+    assert main(["--kind", "topk_blocks", "--top-k", "2", "--block-size", "16", "--causal", "--n", "64",
+                 "--seed", "3", "--out", str(out)]) == 0  # fmt: skip
+    assert out.stat().st_size > 0
+    assert main(["--kind", "sliding_window", "--window", "8", "--top-k", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--top-k" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="q= and k="):
+        plot_spec(AttentionSpec(kind="topk_blocks", top_k=2), 32, tmp_path / "y.png")

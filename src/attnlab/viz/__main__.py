@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import re
 
+import torch
+
 from attnlab.attention.spec import KINDS, PATTERNS, AttentionSpec
 from attnlab.errors import ArgumentParser, UserInputError, print_error
 from attnlab.viz.masks import plot_spec
@@ -55,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--causal", action="store_true")
     p.add_argument("--window", type=_window, default=None, help="W or LEFT,RIGHT (-1 = unbounded side)")
     p.add_argument("--sink", type=int, default=0, help="attention sinks: keys j < SINK always visible")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="topk_blocks: key blocks per query block, selected for random Gaussian q, k drawn "
+                        "with --seed (4 query heads, 1 kv head, head dim 16)")
     p.add_argument("--n", type=int, default=512, help="sequence length (Nq = Nk)")
     p.add_argument("--seed", type=int, default=0, help="random patterns (bigbird, random)")
     p.add_argument(
@@ -71,6 +76,10 @@ def parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> AttentionSpec:
     kw = dict(kind=args.kind, causal=args.causal, window=args.window, sink=args.sink)
+    if args.kind == "topk_blocks":
+        kw.update(top_k=args.top_k, block_size=args.block_size)
+    elif args.top_k is not None:
+        raise ValueError(f"--top-k only applies to --kind topk_blocks, not {args.kind}")
     if args.kind == "block_sparse":
         kw.update(pattern=args.pattern or "bigbird", block_size=args.block_size, seed=args.seed)
         for name in (
@@ -87,7 +96,7 @@ def spec_from_args(args: argparse.Namespace) -> AttentionSpec:
         extra = [
             f"--{n.replace('_', '-')}"
             for n in ("pattern", "block_size", "heads")
-            if getattr(args, n) is not None
+            if getattr(args, n) is not None and not (n == "block_size" and args.kind == "topk_blocks")
         ]
         if extra:
             raise ValueError(
@@ -115,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         out = args.out or _file_name(spec)
         try:
-            out = plot_spec(spec, args.n, out)
+            data = {}
+            if spec.kind == "topk_blocks":  # a given input: random Gaussian q, k from --seed
+                g = torch.Generator().manual_seed(args.seed)
+                data = dict(q=torch.randn(1, 4, args.n, 16, generator=g), k=torch.randn(1, 1, args.n, 16, generator=g))
+            out = plot_spec(spec, args.n, out, **data)
         except OSError as err:
             raise UserInputError(f"--out {out}: cannot write the PNG ({err.strerror or err})") from err
     except (ValueError, TypeError) as err:

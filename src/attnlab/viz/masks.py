@@ -39,12 +39,14 @@ def _heads_label(heads: list[int], total: int) -> str:
     )
 
 
-def plot_spec(spec: AttentionSpec, n: int, out: str | Path, max_panels: int = 8) -> Path:
+def plot_spec(spec: AttentionSpec, n: int, out: str | Path, max_panels: int = 8, q=None, k=None) -> Path:
     """Write a PNG of `spec` at sequence length `n` (Nq = Nk = n) to `out`; returns the path.
 
     Block-sparse specs get two rows: the block layout ``[Mb, Kb]`` (kept blocks dark) and the
     token mask ``[N, N]`` (the ground truth, `spec.dense_mask`: layout AND causal/window),
     one column per distinct head mask (at most `max_panels`). Other kinds get the token mask.
+    kind="topk_blocks" draws the blocks selected for ``q`` [1, H, n, D] and ``k`` [1, Hkv, n, D]
+    (the first batch row, one panel per distinct head).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -52,7 +54,12 @@ def plot_spec(spec: AttentionSpec, n: int, out: str | Path, max_panels: int = 8)
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} must be a positive int (the sequence length)")
-    mask = spec.dense_mask(n, n)  # [H or 1, N, N]
+    if spec.kind == "topk_blocks":
+        if q is None or k is None:
+            raise ValueError("plot_spec: kind='topk_blocks' selects from the data; give q= and k=")
+        mask = spec.dense_mask(n, n, q=q, k=k)[0].cpu()  # [H, N, N] of the first batch row
+    else:
+        mask = spec.dense_mask(n, n)  # [H or 1, N, N]
     groups = distinct_heads(mask)[:max_panels]
     block = spec.kind == "block_sparse"
     layout = spec.block_layout(n, n) if block else None  # [H or 1, Mb, Kb]

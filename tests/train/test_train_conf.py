@@ -57,7 +57,7 @@ def test_attention_ablation_sweeps_kinds_and_seeds():
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra.compose(config_name="train", overrides=["experiment=attention_ablation"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params["attention"] == "dense,swa16,swa32,hybrid2,bigbird8,random25" and params["train.seed"] == "0,1,2"
+    assert params["attention"] == "dense,swa16,swa32,hybrid2,bigbird8,random25,moba" and params["train.seed"] == "0,1,2"
     assert cfg.data.name == "copy" and max(cfg.data.distances) <= cfg.model.context
     for kind in ("attention_ablation", "lm_ablation", "lm_ablation_gpu"):  # every swept preset builds a model
         with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

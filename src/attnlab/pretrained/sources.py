@@ -58,7 +58,11 @@ def load_source(source, key: str = "source", load: Callable | None = None, **kwa
         if f"{key}=" in str(err):
             raise
         text = str(err).removeprefix(f"{source}: ")  # the path is in the prefix already
-        raise UserInputError(f"{key}={source!r}: {text}") from err
+        try:  # keep the error's class (e.g. UnsafeCheckpointError): callers may tell them apart
+            named = type(err)(f"{key}={source!r}: {text}")
+        except TypeError:
+            named = UserInputError(f"{key}={source!r}: {text}")
+        raise named from err
     except (ValueError, TypeError, FileNotFoundError) as err:  # the loaders' named errors
         text = " ".join(str(err).split()).replace("model source=", f"{key}=", 1)
         if text.startswith(f"{key}="):

@@ -229,8 +229,8 @@ def read(path: str | os.PathLike, map_location=None, verify: str = "full", mmap:
         head = f.read(4)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: zip, or a legacy pickle
         raise CorruptCheckpointError(
-            f"{path}: cannot be read as a model checkpoint: torch files start with a zip or pickle header, "
-            f"this one starts with {head!r}"
+            f"{path}: cannot be read as a model checkpoint: not in the torch zip format (torch files start "
+            f"with a zip or pickle header, this one starts with {head!r})"
         )
     _check_zip(path)
     try:

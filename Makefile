@@ -7,7 +7,7 @@ WHEELHOUSE ?= .whl
 CPU_PINS := torch==2.13.0 triton==3.6.0 "numpy<2.4"
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench gpu-check lint table clean
+.PHONY: venv demo test test-fast bench regs gpu-check lint table clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PYTHON) -m attnlab.bench
+
+# Any CPU machine: sm_90 registers, spills and shared memory of the flash kernels per config,
+# head dim, mask and option (sinks, soft-cap), from ptxas; screen kernel changes with it.
+regs: $(STAMP)
+	env -u TRITON_INTERPRET $(PYTHON) -m attnlab.bench.regs --head-dims 64 128 --masks causal swa \
+		--options plain sink softcap --configs fitting
 
 # GPU machine: the GPU tests, then the kernel benchmark grids (conf/bench/gpu*.yaml), in one
 # time budget (GPU_CHECK_BUDGET_S seconds; each stage is capped), written to GPU_CHECK_OUT and

@@ -568,6 +568,39 @@ def _split_ptrs(launch_args: dict) -> tuple[tuple, dict]:
     return (rest.pop("Bounds"), rest.pop("Idx"), rest.pop("Lay")), rest
 
 
+def launch_args(q, k, v, do, lse, delta, dq, dk, dv, scale, window_left, window_right, sparse=None, docs=None,
+                sink=0, sink_causal=False, softcap=None, interp=False):
+    """(dK/dV positional args, dK/dV keyword args, dQ positional args, dQ keyword args) of the
+    two backward kernels, all but BLOCK_M / BLOCK_N: what `flash_bwd` launches with, and what
+    the offline register report (attnlab.bench.regs) compiles."""
+    _, hq, n_q, head_dim = q.shape
+    _, hkv, n_k, _ = k.shape
+    common = dict(
+        Hq=hq, Hkv=hkv, Nq=n_q, Nk=n_k,
+        window_left=window_left or 0, window_right=window_right or 0,
+        sm_scale=scale, qk_scale=scale * LOG2E,
+        NQ_KEY=length_bucket(n_q), NK_KEY=length_bucket(n_k),
+        WL_KEY=window_bucket(window_left), WR_KEY=window_bucket(window_right),
+        HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim),
+        HAS_WL=window_left is not None, HAS_WR=window_right is not None,
+        UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
+        **(docs.launch_args() if docs else no_documents_args(delta)),
+        **sink_softcap_args(scale, sink, sink_causal, softcap),
+    )  # fmt: skip
+    # Index-list pointers go positionally (they follow the outputs in the kernel signature).
+    dkdv_ptrs, dkdv_kw = _split_ptrs(
+        sparse.launch_args(transposed=True) if sparse else dense_launch_args(delta)
+    )
+    dq_ptrs, dq_kw = _split_ptrs(
+        sparse.launch_args(transposed=False) if sparse else dense_launch_args(delta)
+    )
+    tensors = (q, k, v, do)
+    strides = [s for t in tensors for s in _strides3(t)]
+    dkdv_args = (*tensors, lse, delta, dk, dv, *dkdv_ptrs, *strides, *_strides3(dk), *_strides3(dv))
+    dq_args = (*tensors, lse, delta, dq, *dq_ptrs, *strides, *_strides3(dq))
+    return dkdv_args, {**common, **dkdv_kw}, dq_args, {**common, **dq_kw}
+
+
 def flash_bwd(
     do: torch.Tensor,  # [B, Hq, Nq, D], stride(-1) == 1
     q: torch.Tensor,  # [B, Hq, Nq, D]
@@ -611,30 +644,10 @@ def flash_bwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block, HAS_DLSE=dlse is not None,
     )  # fmt: skip
 
-    common = dict(
-        Hq=hq, Hkv=hkv, Nq=n_q, Nk=n_k,
-        window_left=window_left or 0, window_right=window_right or 0,
-        sm_scale=scale, qk_scale=scale * LOG2E,
-        NQ_KEY=length_bucket(n_q), NK_KEY=length_bucket(n_k),
-        WL_KEY=window_bucket(window_left), WR_KEY=window_bucket(window_right),
-        HEAD_DIM=head_dim, BLOCK_D=block_d,
-        HAS_WL=window_left is not None, HAS_WR=window_right is not None,
-        UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
-        **(docs.launch_args() if docs else no_documents_args(delta)),
-        **sink_softcap_args(scale, sink, sink_causal, softcap),
+    dkdv_args, dkdv_common, dq_args, dq_common = launch_args(
+        q, k, v, do, lse, delta, dq, dk, dv, scale, window_left, window_right, sparse, docs, sink, sink_causal,
+        softcap, interp,
     )  # fmt: skip
-    # Index-list pointers go positionally (they follow the outputs in the kernel signature).
-    dkdv_ptrs, dkdv_kw = _split_ptrs(
-        sparse.launch_args(transposed=True) if sparse else dense_launch_args(delta)
-    )
-    dq_ptrs, dq_kw = _split_ptrs(
-        sparse.launch_args(transposed=False) if sparse else dense_launch_args(delta)
-    )
-    dkdv_common, dq_common = {**common, **dkdv_kw}, {**common, **dq_kw}
-    tensors = (q, k, v, do)
-    strides = [s for t in tensors for s in _strides3(t)]
-    dkdv_args = (*tensors, lse, delta, dk, dv, *dkdv_ptrs, *strides, *_strides3(dk), *_strides3(dv))
-    dq_args = (*tensors, lse, delta, dq, *dq_ptrs, *strides, *_strides3(dq))
     dkdv_grid = lambda bm, bn: (cdiv(n_k, bn), batch * hkv)
     dq_grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
     g = sparse.index_block if sparse else 0

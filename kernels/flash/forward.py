@@ -310,6 +310,32 @@ _SPARSE_KEY = ("INDEX_BLOCK", "LAYOUT_MASK", "LAYOUT_BLOCK")
 _sparse_fwd_kernel_autotuned = _autotuned(_SPARSE_FWD_CONFIGS, _SPARSE_KEY)
 
 
+def launch_args(q, k, v, out, lse, scale, window_left, window_right, sparse=None, docs=None, sink=0,
+                sink_causal=False, softcap=None, interp=False) -> dict:
+    """The forward kernel's keyword arguments (all but BLOCK_M / BLOCK_N): what `flash_fwd`
+    launches with, and what the offline register report (attnlab.bench.regs) compiles."""
+    batch, hq, n_q, head_dim = q.shape
+    _, hkv, n_k, _ = k.shape
+    args = dict(
+        Q=q, K=k, V=v, Out=out, Lse=lse,
+        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
+        stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
+        stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
+        stride_ob=out.stride(0), stride_oh=out.stride(1), stride_on=out.stride(2),
+        Hq=hq, Hkv=hkv, Nq=n_q, Nk=n_k,
+        window_left=window_left or 0, window_right=window_right or 0, qk_scale=scale * LOG2E,
+        NQ_KEY=length_bucket(n_q), NK_KEY=length_bucket(n_k),
+        WL_KEY=window_bucket(window_left), WR_KEY=window_bucket(window_right),
+        HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim),
+        HAS_WL=window_left is not None, HAS_WR=window_right is not None,
+        UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
+        **sink_softcap_args(scale, sink, sink_causal, softcap),
+    )  # fmt: skip
+    args.update(sparse.launch_args(transposed=False) if sparse else dense_launch_args(lse))
+    args.update(docs.launch_args() if docs else no_documents_args(lse))
+    return args
+
+
 def flash_fwd(
     q: torch.Tensor,  # [B, Hq, Nq, D], stride(-1) == 1
     k: torch.Tensor,  # [B, Hkv, Nk, D], stride(-1) == 1
@@ -346,23 +372,8 @@ def flash_fwd(
 
     block_d = head_dim_block(head_dim)
     interp = interpreting()
-    args = dict(
-        Q=q, K=k, V=v, Out=out, Lse=lse,
-        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
-        stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
-        stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
-        stride_ob=out.stride(0), stride_oh=out.stride(1), stride_on=out.stride(2),
-        Hq=hq, Hkv=hkv, Nq=n_q, Nk=n_k,
-        window_left=window_left or 0, window_right=window_right or 0, qk_scale=scale * LOG2E,
-        NQ_KEY=length_bucket(n_q), NK_KEY=length_bucket(n_k),
-        WL_KEY=window_bucket(window_left), WR_KEY=window_bucket(window_right),
-        HEAD_DIM=head_dim, BLOCK_D=block_d,
-        HAS_WL=window_left is not None, HAS_WR=window_right is not None,
-        UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
-        **sink_softcap_args(scale, sink, sink_causal, softcap),
-    )  # fmt: skip
-    args.update(sparse.launch_args(transposed=False) if sparse else dense_launch_args(lse))
-    args.update(docs.launch_args() if docs else no_documents_args(lse))
+    args = launch_args(q, k, v, out, lse, scale, window_left, window_right, sparse, docs, sink, sink_causal,
+                       softcap, interp)  # fmt: skip
     grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
     g = sparse.index_block if sparse else 0
     if config is not None and sparse:

@@ -86,6 +86,8 @@ def check(impl, spec, shape, grad, doc_ids=None, tol=2e-5):
 def test_every_cpu_impl_matches_the_oracle(name, shape):
     spec = AttentionSpec(**SPECS[name])
     for impl in impls_for(spec, grad=True):
+        if impl == "triton" and shape == SHAPES[2]:
+            continue  # the interpreter is slow; Nq > Nk for the kernels: tests/kernels/test_flash_sinks_softcap.py
         check(impl, spec, shape, grad=True)
     with torch.no_grad():  # flex: CPU forward only
         for impl in set(impls_for(spec, grad=False)) - set(impls_for(spec, grad=True)):

@@ -98,9 +98,12 @@ def main(argv: list[str]) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     (out / "position.md").write_text(position_table(by_label) + "\n")
-    (out / "passkey.md").write_text(passkey_table(by_label) + "\n")
     plot(by_label, out / "bpb_by_position.png")
-    print(position_table(by_label), "\n", passkey_table(by_label), sep="\n")
+    tables = [position_table(by_label)]
+    if all("passkey" in r for records in by_label.values() for r in records):  # evaluated with passkey
+        tables.append(passkey_table(by_label))
+        (out / "passkey.md").write_text(tables[-1] + "\n")
+    print(*tables, sep="\n\n")
     return 0
 
 

@@ -36,22 +36,20 @@ from .common import (
     alloc_like,
     capped_scores,
     cdiv,
-    dot_precision,
     head_dim_block,
     interpreting,
     kv_blocks_for_q_block,
     launch_fixed,
-    length_bucket,
     load_tile,
     pair_mask,
     q_blocks_for_kv_block,
+    shape_window_args,
     smem_bytes,
     sparse_bounds,
     sparse_tile_start,
-    window_bucket,
 )
 from .documents import DocumentBounds, no_documents_args
-from .forward import interpret_tiles, sink_softcap_args
+from .forward import interpret_tiles
 from .layout import BlockSparseIndex, check_tiles, dense_launch_args
 
 _LOG2E = tl.constexpr(LOG2E)
@@ -573,19 +571,10 @@ def launch_args(q, k, v, do, lse, delta, dq, dk, dv, scale, window_left, window_
     """(dK/dV positional args, dK/dV keyword args, dQ positional args, dQ keyword args) of the
     two backward kernels, all but BLOCK_M / BLOCK_N: what `flash_bwd` launches with, and what
     the offline register report (attnlab.bench.regs) compiles."""
-    _, hq, n_q, head_dim = q.shape
-    _, hkv, n_k, _ = k.shape
     common = dict(
-        Hq=hq, Hkv=hkv, Nq=n_q, Nk=n_k,
-        window_left=window_left or 0, window_right=window_right or 0,
-        sm_scale=scale, qk_scale=scale * LOG2E,
-        NQ_KEY=length_bucket(n_q), NK_KEY=length_bucket(n_k),
-        WL_KEY=window_bucket(window_left), WR_KEY=window_bucket(window_right),
-        HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim),
-        HAS_WL=window_left is not None, HAS_WR=window_right is not None,
-        UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
+        sm_scale=scale,
+        **shape_window_args(q, k, scale, window_left, window_right, interp, sink, sink_causal, softcap),
         **(docs.launch_args() if docs else no_documents_args(delta)),
-        **sink_softcap_args(scale, sink, sink_causal, softcap),
     )  # fmt: skip
     # Index-list pointers go positionally (they follow the outputs in the kernel signature).
     dkdv_ptrs, dkdv_kw = _split_ptrs(

@@ -119,6 +119,27 @@ AUTOTUNE_WARMUP_MS = 5
 AUTOTUNE_REP_MS = 25
 
 
+def shape_window_args(q: torch.Tensor, k: torch.Tensor, scale: float, window_left: int | None,
+                      window_right: int | None, interp: bool, sink: int = 0, sink_causal: bool = False,
+                      softcap: float | None = None) -> dict:
+    """Kernel arguments every flash kernel takes alike (forward, dK/dV, dQ): heads, lengths, the
+    window, the log2-domain score scale, autotune keys, head-dim constexprs, precision, and the
+    sink / soft-cap arguments (``capped_scores``)."""
+    _, hq, n_q, head_dim = q.shape
+    _, hkv, n_k, _ = k.shape
+    return dict(
+        Hq=hq, Hkv=hkv, Nq=n_q, Nk=n_k,
+        window_left=window_left or 0, window_right=window_right or 0, qk_scale=scale * LOG2E,
+        NQ_KEY=length_bucket(n_q), NK_KEY=length_bucket(n_k),
+        WL_KEY=window_bucket(window_left), WR_KEY=window_bucket(window_right),
+        HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim),
+        HAS_WL=window_left is not None, HAS_WR=window_right is not None,
+        UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
+        sink=sink, cap_in=scale / softcap if softcap else 0.0, cap_out=softcap * LOG2E if softcap else 0.0,
+        HAS_SINK=sink > 0, SINK_CAUSAL=bool(sink_causal), SOFTCAP=softcap is not None,
+    )  # fmt: skip
+
+
 def autotune_bench(kernel_call, quantiles):
     """The autotuner's timing function (``triton.autotune(do_bench=...)``)."""
     return triton.testing.do_bench(kernel_call, warmup=AUTOTUNE_WARMUP_MS, rep=AUTOTUNE_REP_MS, quantiles=quantiles)

@@ -25,23 +25,20 @@ import triton.language as tl
 
 from . import common
 from .common import (
-    LOG2E,
     alloc,
     alloc_like,
     capped_scores,
     cdiv,
-    dot_precision,
     head_dim_block,
     interpreting,
     kv_blocks_for_q_block,
     launch_fixed,
-    length_bucket,
     load_tile,
     pair_mask,
+    shape_window_args,
     smem_bytes,
     sparse_bounds,
     sparse_tile_start,
-    window_bucket,
 )
 from .documents import DocumentBounds, no_documents_args
 from .layout import BlockSparseIndex, check_tiles, dense_launch_args
@@ -314,22 +311,13 @@ def launch_args(q, k, v, out, lse, scale, window_left, window_right, sparse=None
                 sink_causal=False, softcap=None, interp=False) -> dict:
     """The forward kernel's keyword arguments (all but BLOCK_M / BLOCK_N): what `flash_fwd`
     launches with, and what the offline register report (attnlab.bench.regs) compiles."""
-    batch, hq, n_q, head_dim = q.shape
-    _, hkv, n_k, _ = k.shape
     args = dict(
         Q=q, K=k, V=v, Out=out, Lse=lse,
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
         stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
         stride_ob=out.stride(0), stride_oh=out.stride(1), stride_on=out.stride(2),
-        Hq=hq, Hkv=hkv, Nq=n_q, Nk=n_k,
-        window_left=window_left or 0, window_right=window_right or 0, qk_scale=scale * LOG2E,
-        NQ_KEY=length_bucket(n_q), NK_KEY=length_bucket(n_k),
-        WL_KEY=window_bucket(window_left), WR_KEY=window_bucket(window_right),
-        HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim),
-        HAS_WL=window_left is not None, HAS_WR=window_right is not None,
-        UPCAST=interp and q.dtype != torch.float32, DOT_PREC=dot_precision(q.dtype),
-        **sink_softcap_args(scale, sink, sink_causal, softcap),
+        **shape_window_args(q, k, scale, window_left, window_right, interp, sink, sink_causal, softcap),
     )  # fmt: skip
     args.update(sparse.launch_args(transposed=False) if sparse else dense_launch_args(lse))
     args.update(docs.launch_args() if docs else no_documents_args(lse))
@@ -391,15 +379,6 @@ def flash_fwd(
             ("fwd", block_d, q.element_size(), config, g, sink > 0, softcap is not None),
         )
     return out, lse
-
-
-def sink_softcap_args(scale: float, sink: int, sink_causal: bool, softcap: float | None) -> dict:
-    """Kernel arguments for attention sinks and soft-capping (shared by forward and backward)."""
-    return dict(
-        sink=sink, cap_in=scale / softcap if softcap else 0.0,
-        cap_out=softcap * LOG2E if softcap else 0.0,
-        HAS_SINK=sink > 0, SINK_CAUSAL=bool(sink_causal), SOFTCAP=softcap is not None,
-    )  # fmt: skip
 
 
 def interpret_tiles(kernel: str, sparse: BlockSparseIndex | None) -> tuple[int, int]:

@@ -139,6 +139,16 @@ def _field(metadata: dict, key: str, source, kind=int, lo=None, hi=None, default
     return kind(value)
 
 
+def rope_context(file_context: int, context: int | None, needed_context: int | None) -> int:
+    """The RoPE table length of a loaded model: ``context`` when given, else
+    ``min(file_context, max(needed_context, DEFAULT_CONTEXT))`` -- what the run needs, never a
+    huge table because a file says so. Both arguments checked (ValueError naming them)."""
+    for name, value in (("context", context), ("needed_context", needed_context)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONTEXT):
+            raise ValueError(f"{name}={value!r} must be an integer in [1, {MAX_CONTEXT:,}] (RoPE table length)")
+    return context if context is not None else min(file_context, max(needed_context or 0, DEFAULT_CONTEXT))
+
+
 def gguf_model_config(metadata: dict, tensor_names: set[str], context: int | None = None,
                       attn_impl: str = "auto", needed_context: int | None = None,
                       source: str | Path = "GGUF") -> ModelConfig:
@@ -172,11 +182,7 @@ def gguf_model_config(metadata: dict, tensor_names: set[str], context: int | Non
     vocab = _field(metadata, "llama.vocab_size", source, int, 1, MAX_VOCAB, default=n_tokens or -1)
     if not 1 <= vocab <= MAX_VOCAB:
         raise GGUFError(f"{source}: tokenizer.ggml.tokens: {n_tokens} tokens (a list of 1 to {MAX_VOCAB:,} needed)")
-    for name, value in (("context", context), ("needed_context", needed_context)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONTEXT):
-            raise ValueError(f"{name}={value!r} must be an integer in [1, {MAX_CONTEXT:,}] (RoPE table length)")
-    if context is None:
-        context = min(file_context, max(needed_context or 0, DEFAULT_CONTEXT))
+    context = rope_context(file_context, context, needed_context)
     try:
         return ModelConfig(
             vocab_size=vocab,

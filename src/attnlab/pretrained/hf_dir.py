@@ -46,13 +46,12 @@ from attnlab.data.cache import _umask, file_sha256, fsync_dir
 from attnlab.errors import UserInputError
 from attnlab.model import ModelConfig, Transformer, from_hf_name, rope_cache, to_hf_name
 from attnlab.pretrained.gguf_file import (
-    DEFAULT_CONTEXT,
-    MAX_CONTEXT,
     MAX_D_FF,
     MAX_D_MODEL,
     MAX_HEADS,
     MAX_LAYERS,
     MAX_VOCAB,
+    rope_context,
 )
 from attnlab.pretrained.hf_tokenizer import read_tokenizer, tokenizer_files
 
@@ -261,11 +260,7 @@ def hf_model_config(raw: dict, where, context: int | None = None, needed_context
         if _get(raw, key, where, bool, default=False):
             raise HFDirError(f"{where}: {key}=true; attnlab's Llama has no biases")
     rope_base = _rope_theta(raw, where)
-    for name, value in (("context", context), ("needed_context", needed_context)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONTEXT):
-            raise ValueError(f"{name}={value!r} must be an integer in [1, {MAX_CONTEXT:,}] (RoPE table length)")
-    if context is None:
-        context = min(max_pos, max(needed_context or 0, DEFAULT_CONTEXT))
+    context = rope_context(max_pos, context, needed_context)
     attention, pattern = _layer_attention(raw.get("attnlab_attention"), n_layers, where)
     try:
         return ModelConfig(vocab_size=vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,

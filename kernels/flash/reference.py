@@ -84,14 +84,14 @@ def check_attention_args(
             raise ValueError(f"{name} must be an int >= 0 or None (unbounded), got {w!r}")
     if scale is None:
         return 1.0 / math.sqrt(d) if d > 0 else 1.0
-    if (
-        isinstance(scale, bool)
-        or not isinstance(scale, (int, float))
-        or not math.isfinite(scale)
-        or scale <= 0
-    ):
+    if not _positive_finite(scale):
         raise ValueError(f"scale must be a finite float > 0 or None (= 1/sqrt(D)), got {scale!r}")
     return float(scale)
+
+
+def _positive_finite(x) -> bool:
+    """A real number (not a bool) that is finite and > 0."""
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 def check_sink_softcap(sink: int, softcap: float | None) -> tuple[int, float | None]:
@@ -100,12 +100,7 @@ def check_sink_softcap(sink: int, softcap: float | None) -> tuple[int, float | N
         raise ValueError(f"sink must be an int >= 0 (keys j < sink are always visible), got {sink!r}")
     if softcap is None:
         return sink, None
-    if (
-        isinstance(softcap, bool)
-        or not isinstance(softcap, (int, float))
-        or not math.isfinite(softcap)
-        or softcap <= 0
-    ):
+    if not _positive_finite(softcap):
         raise ValueError(f"softcap must be a finite float > 0 or None (no capping), got {softcap!r}")
     return sink, float(softcap)
 

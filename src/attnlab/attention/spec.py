@@ -211,23 +211,24 @@ class AttentionSpec:
             raise ValueError(f"AttentionSpec.heads={self.heads!r} must be an int >= 1 (heads mask_mod distinguishes)")
         self._custom_mask(torch.arange(3), 3, 3)  # a trial call: bad callables fail here, named
 
-    def _check_topk(self):
-        if self.window is not None:
-            raise ValueError(f"AttentionSpec.window={self.window!r} is not allowed with kind='topk_blocks' "
-                             "(the chosen blocks take only the causal, document and sink rules)")
+    def _check_block_size(self):
+        """block_size: a power of two, default 64 (block_sparse and topk_blocks)."""
         bs = 64 if self.block_size is None else self.block_size
         if not _is_int(bs) or bs < 1 or bs & (bs - 1):
             raise ValueError(f"AttentionSpec.block_size={bs!r} must be a positive power of two (e.g. 16, 64, 128)")
         object.__setattr__(self, "block_size", bs)
+
+    def _check_topk(self):
+        if self.window is not None:
+            raise ValueError(f"AttentionSpec.window={self.window!r} is not allowed with kind='topk_blocks' "
+                             "(the chosen blocks take only the causal, document and sink rules)")
+        self._check_block_size()
         if not _is_int(self.top_k) or self.top_k < 1:
             raise ValueError(f"AttentionSpec.top_k={self.top_k!r}: kind='topk_blocks' needs an int >= 1 "
                              "(key blocks per query block)")
 
     def _check_block_sparse(self):
-        bs = 64 if self.block_size is None else self.block_size
-        if not _is_int(bs) or bs < 1 or bs & (bs - 1):
-            raise ValueError(f"AttentionSpec.block_size={bs!r} must be a positive power of two (e.g. 16, 64, 128)")
-        object.__setattr__(self, "block_size", bs)
+        self._check_block_size()
         if (self.pattern is None) == (self.layout is None):
             raise ValueError(
                 "AttentionSpec: kind='block_sparse' needs exactly one of pattern "

@@ -45,22 +45,25 @@ def sdpa_attention(q, k, v, spec, scale: float, doc_ids=None) -> torch.Tensor:
     n_q, n_k = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     if spec.kind == "topk_blocks":  # blocks chosen from q and k: a per-(batch, head) mask
-        mask = spec.selected_mask(q, k, doc_ids)  # [B, Hq, Nq, Nk]
-        has_key = mask.any(dim=-1, keepdim=True)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, scale=scale, enable_gqa=gqa)
-        return out * has_key.to(out.dtype)
+        return _sdpa_with_mask(q, k, v, spec.selected_mask(q, k, doc_ids), scale, gqa)  # [B, Hq, Nq, Nk]
     if doc_ids is not None:
         rows = torch.arange(n_q, device=q.device)
         same_doc = same_document(doc_ids, rows, n_q, n_k)[:, None]  # [B or 1, 1, Nq, Nk]
         mask = _spec_mask(spec, n_q, n_k, q.device)[None] & same_doc  # [B or 1, H or 1, Nq, Nk]
-        has_key = mask.any(dim=-1, keepdim=True)  # [B or 1, H or 1, Nq, 1]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, scale=scale, enable_gqa=gqa)
-        return out * has_key.to(out.dtype)
+        return _sdpa_with_mask(q, k, v, mask, scale, gqa)
     if not _needs_mask(spec, n_q, n_k):
         return F.scaled_dot_product_attention(q, k, v, is_causal=spec.causal, scale=scale, enable_gqa=gqa)
     mask, has_key = _mask_and_rows(spec, n_q, n_k, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None], scale=scale, enable_gqa=gqa)
     return out * has_key[None].to(out.dtype)
+
+
+def _sdpa_with_mask(q, k, v, mask, scale: float, gqa: bool):
+    """SDPA under a per-call bool mask [B or 1, H or 1, Nq, Nk], rows without a key opened up
+    (no NaN) and zeroed after (zero gradients too)."""
+    has_key = mask.any(dim=-1, keepdim=True)  # [B or 1, H or 1, Nq, 1]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, scale=scale, enable_gqa=gqa)
+    return out * has_key.to(out.dtype)
 
 
 def _mask_mod(spec, n_q: int, n_k: int, device, doc_ids=None, selected=None):

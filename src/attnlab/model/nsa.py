@@ -36,6 +36,7 @@ from torch import nn
 
 from attnlab.attention import AttentionSpec, attention
 from attnlab.attention.selection import choose, expand_to_tokens
+from attnlab.attention.spec import MODES
 
 
 def _is_int(x) -> bool:
@@ -92,8 +93,8 @@ class NSASpec:
                     for s in specs.values())  # fmt: skip
         shift = n_k - n_q
         cmp_pairs = sum(max(0, (i + shift + 1) // self.block_size) for i in range(n_q))
-        ref = AttentionSpec(kind="dense").flops(batch=1, heads=1, n_q=1, n_k=1, head_dim=head_dim, mode=mode)
-        return total + ref * cmp_pairs * batch * heads
+        num, den = MODES[mode]  # checked by the branch specs' flops above
+        return total + 4 * head_dim * cmp_pairs * batch * heads * num // den
 
 
 class NSAAttention(nn.Module):
@@ -155,8 +156,7 @@ class NSAAttention(nn.Module):
         mb = math.ceil(N / bl)
         imp = probs.detach().float()[:, :, ::bl]  # (B, Hq, Mb, T)
         imp = imp.view(B, hkv, group, mb, t).sum(2)  # shared by the GQA group
-        kb = math.ceil(N / bl)
-        imp = F.pad(imp, (0, kb - t), value=0.0)  # the partial last key block has no compressed vector
+        imp = F.pad(imp, (0, mb - t), value=0.0)  # Kb = Mb (Nq = Nk); a partial last key block has no compressed vector
         chosen = choose(self.spec.branch_specs()["selection"], imp, N, N)  # (B, Hkv, Mb, Kb)
         chosen = chosen.repeat_interleave(group, 1)  # (B, Hq, Mb, Kb)
         o_sel = _blocks_attention(q, k, v, chosen, bl, self.impl)

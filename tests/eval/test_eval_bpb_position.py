@@ -36,6 +36,10 @@ def test_position_losses_by_hand():
     n_bytes = [1 + 2 + 2, 2 + 1 + 3, 3 + 3 + 1]
     assert sums["windows"] == 3 and sums["bytes"].tolist() == n_bytes
     np.testing.assert_allclose(sums["loss"], loss, rtol=1e-6)
+    # each window's own sums, in batch order (window 0: targets 0, 1, 2 at positions 0, 1, 2)
+    window_loss = [-ln(0.4) - ln(0.5) - ln(0.8), -ln(0.4) - ln(0.25) - ln(0.8), -ln(0.4) - ln(0.25) - ln(0.1)]
+    np.testing.assert_allclose(sums["window_loss"], window_loss, rtol=1e-6)
+    assert sums["window_bytes"].tolist() == [1 + 2 + 3, 2 + 1 + 3, 2 + 3 + 1]
     curve = position_curve(sums["loss"], sums["bytes"])
     np.testing.assert_allclose(curve["bpb_by_position"], [v / (ln(2) * b) for v, b in zip(loss, n_bytes, strict=True)], rtol=1e-6)
     # buckets [1, 1] and [2, 3] (positions are 1-based: tokens seen)

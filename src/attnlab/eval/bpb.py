@@ -112,9 +112,11 @@ def evaluate_bpb(pre: Pretrained, data_cfg: DataConfig, windows: int | None = No
 def position_losses(model, batches, byte_lengths: torch.Tensor, device, autocast=None) -> dict:
     """Summed next-token loss (nats), target bytes and windows at each position of the
     ``(x, y)`` or ``(x, y, doc_ids)`` int64 ``[B, T]`` batches:
-    ``{"loss": float64 [T], "bytes": int64 [T], "windows": int}``. ``byte_lengths[token]``:
-    UTF-8 bytes of each token."""
+    ``{"loss": float64 [T], "bytes": int64 [T], "windows": int, "window_loss": float64 [W],
+    "window_bytes": int64 [W]}`` (the last two: each window's sums, in batch order, for
+    intervals paired by window). ``byte_lengths[token]``: UTF-8 bytes of each token."""
     loss_sum, byte_sum, windows = None, None, 0
+    window_loss, window_bytes = [], []
     for x, y, *docs in batches:
         x, y = x.to(device), y.to(device)
         with autocast or nullcontext():
@@ -123,12 +125,16 @@ def position_losses(model, batches, byte_lengths: torch.Tensor, device, autocast
         if loss_sum is None:
             loss_sum = torch.zeros(y.shape[1], dtype=torch.float64)
             byte_sum = torch.zeros(y.shape[1], dtype=torch.int64)
-        loss_sum += nll.double().sum(dim=0).cpu()
-        byte_sum += byte_lengths[y.cpu()].sum(dim=0)
+        nll, n_bytes = nll.double().cpu(), byte_lengths[y.cpu()]  # (B, T) each
+        loss_sum += nll.sum(dim=0)
+        byte_sum += n_bytes.sum(dim=0)
+        window_loss.append(nll.sum(dim=1))
+        window_bytes.append(n_bytes.sum(dim=1))
         windows += y.shape[0]
     if loss_sum is None:
         raise ValueError("no validation windows to score")
-    return {"loss": loss_sum.numpy(), "bytes": byte_sum.numpy(), "windows": windows}
+    return {"loss": loss_sum.numpy(), "bytes": byte_sum.numpy(), "windows": windows,
+            "window_loss": torch.cat(window_loss).numpy(), "window_bytes": torch.cat(window_bytes).numpy()}
 
 
 def position_curve(loss: np.ndarray, n_bytes: np.ndarray) -> dict:

@@ -56,7 +56,7 @@ class Plan:
     lrs: tuple = (1e-4, 3e-4, 1e-3)
     sweep_conversion: str = "swa64"
     sweep_methods: tuple = ("ce", "kd", "match")
-    seeds: tuple = (0, 1)
+    seeds: tuple = (0, 1, 2)
     main: dict = field(default_factory=lambda: {
         "ce": ("swa64", "swa128", "swa64_sink4", "hybrid", "bigbird32"),
         "kd": ("swa64", "swa128", "swa64_sink4", "hybrid", "bigbird32"),

@@ -53,7 +53,7 @@ class Plan:
     test_windows: int = 24         # the next ones: every reported number
     steps: int = 16
     match_steps: int = 16
-    lrs: tuple = (1e-4, 3e-4, 1e-3)
+    lrs: tuple = (1e-4, 3e-4, 1e-3, 3e-3)
     sweep_conversion: str = "swa64"
     sweep_methods: tuple = ("ce", "kd", "match")
     seeds: tuple = (0, 1, 2)

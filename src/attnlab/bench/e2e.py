@@ -31,7 +31,14 @@ from pathlib import Path
 import torch
 
 from attnlab.attention import IMPLS
-from attnlab.bench.runs import check_dtype, check_positive_int, free_memory, reason, require_cuda, write_table
+from attnlab.bench.runs import (
+    check_dtype,
+    check_positive_int,
+    free_memory,
+    reason,
+    require_cuda,
+    write_table,
+)
 from attnlab.errors import ArgumentParser
 
 COLUMNS = ("attention", "impl", "seq_len", "batch", "params_m", "status", "tokens_per_s", "step_ms", "peak_mib",

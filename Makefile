@@ -54,11 +54,13 @@ regs: $(STAMP)
 	env -u TRITON_INTERPRET $(PYTHON) -m attnlab.bench.regs --head-dims 64 128 --masks causal swa \
 		--options plain sink softcap --configs fitting
 
-# GPU machine: the GPU tests, then the kernel benchmark grids (conf/bench/gpu*.yaml), in one
-# time budget (GPU_CHECK_BUDGET_S seconds; each stage is capped), written to GPU_CHECK_OUT and
+# GPU machine: the GPU tests, the kernel benchmark grids (conf/bench/gpu*.yaml), the per-kernel
+# breakdown, host overhead at N = 1k and end-to-end training tokens/s, in one time budget
+# (GPU_CHECK_BUDGET_S seconds, 8 minutes by default; each stage is capped, see
+# `experiments/kernel_bench/gpu_check.sh --dry-run`), written to GPU_CHECK_OUT and
 # GPU_CHECK_OUT.tar.gz. Record the results under experiments/kernel_bench/ with the date.
 GPU_CHECK_OUT ?= outputs/gpu_check/$(shell date +%Y-%m-%d_%H-%M-%S)
-GPU_CHECK_BUDGET_S ?= 900
+GPU_CHECK_BUDGET_S ?= 480
 gpu-check: $(STAMP)
 	PYTHON=$(PYTHON) experiments/kernel_bench/gpu_check.sh $(GPU_CHECK_OUT) $(GPU_CHECK_BUDGET_S)
 

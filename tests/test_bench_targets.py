@@ -78,7 +78,8 @@ def test_cli_writes_the_table(tmp_path, capsys):
     out = tmp_path / "targets.md"
     assert targets.main([str(tmp_path / "run"), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| dense >= 1.0x flex | 0 | 1 | 0.90 | 0.90 |" in text
+    assert "| dense >= 1.0x flex | **not met** | 0 | 1 | 0.90 | 0.90 |" in text
+    assert "| end-to-end dense: tokens/s >= 1.1x sdpa | not measured | 0 | 0 | - | - |" in text
     assert "| **no** |" in text and text == capsys.readouterr().out
 
 
@@ -104,3 +105,60 @@ def test_sink_and_softcap_overheads_compare_with_the_same_spec_without_them(tmp_
     assert got["softcap: <= 1.10x the time without the cap (fwd+bwd)"].value == pytest.approx(1.05)
     assert got["softcap: <= 1.10x the time without the cap (fwd+bwd)"].met
     assert "dense >= 1.0x flex" not in got  # option rows never count as the plain kinds
+
+
+def _write_dicts(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_short_sequences_from_the_grid_and_from_host_overhead(tmp_path):
+    grid = _write(tmp_path / "g" / "results.csv", [
+        _row("triton", "causal", CAUSAL, 1.0, 1e9, n=1024),
+        _row("sdpa_flash", "causal", CAUSAL, 0.4, 1e9, n=1024),  # 0.4x
+        _row("sdpa_flash", "causal", CAUSAL, 0.4, 1e9, n=1024, mode="fwd"),  # fwd is not this target
+    ])
+    host = _write_dicts(tmp_path / "h" / "host_overhead.csv", [
+        dict(impl=i, n=n, head_dim=64, graphs=g, status=s, wall_us=w)
+        for i, n, g, s, w in [("triton", 1024, "no", "ok", 500.0), ("sdpa_flash", 1024, "no", "ok", 200.0),
+                              ("triton", 1024, "yes", "ok", 100.0), ("sdpa_flash", 1024, "yes", "ok", 90.0),
+                              ("triton", 2048, "no", "ok", 1.0), ("sdpa_flash", 2048, "no", "ok", 9.0),
+                              ("triton", 1024, "no", "error", 1.0)]])
+    checks = [c for f in targets.find_results([tmp_path]) for c in targets.checks_of_file(f)]
+    short = {c.case: c for c in checks if c.target == targets.SHORT}
+    assert set(short) == {"causal N=1024 D=128 fwd_bwd", "per call N=1024 D=64 eager",
+                          "per call N=1024 D=64 CUDA graph"}
+    assert short["causal N=1024 D=128 fwd_bwd"].value == pytest.approx(0.4)
+    assert short["per call N=1024 D=64 eager"].value == pytest.approx(0.4) and not short["per call N=1024 D=64 eager"].met
+    assert short["per call N=1024 D=64 CUDA graph"].value == pytest.approx(0.9) and short["per call N=1024 D=64 CUDA graph"].met
+    assert grid.parent.name == "g" and host.exists()
+
+
+def test_end_to_end_targets(tmp_path):
+    rows = [dict(attention=a, impl=i, seq_len=n, batch=1, status=s, tokens_per_s=t)
+            for a, i, n, s, t in [("dense", "triton", 16384, "ok", 12000.0), ("dense", "sdpa", 16384, "ok", 10000.0),
+                                  ("swa1024", "triton", 16384, "ok", 30000.0), ("swa1024", "sdpa", 16384, "ok", 15000.0),
+                                  ("swa256", "triton", 16384, "ok", 1.0), ("swa256", "sdpa", 16384, "ok", 1.0),
+                                  ("dense", "triton", 4096, "ok", 1.0), ("dense", "sdpa", 4096, "ok", 9.0)]]
+    f = _write_dicts(tmp_path / "e2e" / "e2e.csv", rows)
+    got = {c.target: c for c in targets.checks_of_file(f)}
+    assert set(got) == {targets.E2E_DENSE, targets.E2E_SWA}  # N < 16k and other windows are not targets
+    assert got[targets.E2E_DENSE].value == pytest.approx(1.2) and got[targets.E2E_DENSE].met
+    assert got[targets.E2E_SWA].value == pytest.approx(2.0) and got[targets.E2E_SWA].met
+    text = targets.markdown(list(got.values()))
+    assert "| end-to-end window 1024: tokens/s >= 1.7x sdpa | met | 1 | 1 | 2.00 | 2.00 |" in text
+    assert "| dense >= 1.0x flex | not measured |" in text
+
+
+def test_every_check_names_a_listed_target(tmp_path):
+    f = _write(tmp_path / "a" / "results.csv", [
+        _row("triton", "causal", CAUSAL, 10.0, 1000e9), _row("flex", "causal", CAUSAL, 11.0, 1000e9),
+        _row("sdpa_flash", "causal", CAUSAL, 12.0, 1000e9), _row("sdpa_cudnn", "causal", CAUSAL, 8.0, 1000e9),
+        _row("triton", "swa1024", SWA, 2.0, 125e9), _row("flex", "swa1024", SWA, 2.6, 125e9),
+    ])
+    checks = targets.checks_of(targets.read_rows(f), "a")
+    assert checks and {c.target for c in checks} <= set(targets.TARGETS)

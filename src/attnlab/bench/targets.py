@@ -2,11 +2,13 @@
 
     python -m attnlab.bench.targets RESULTS_DIR_OR_CSV [...] [--out targets.md]
 
-Reads the ``results.csv`` files that `python -m attnlab.bench` writes (a folder is searched
-for them) and prints one markdown row per (target, case) it can check, with the measured
-value, the threshold and whether it is met. Every ratio comes from one ``results.csv``,
-i.e. from impls timed back to back in the same run; cases a file does not hold are not
-checked (the table lists what was checked, nothing is assumed).
+Reads the ``results.csv`` files that `python -m attnlab.bench` writes, the
+``host_overhead.csv`` of `attnlab.bench.host_overhead` and the ``e2e.csv`` of
+`attnlab.bench.e2e` (a folder is searched for all three) and prints a summary with every
+target as ``met``, ``not met`` or ``not measured``, then one row per (target, case) it could
+check, with the measured value, the threshold and whether it is met. Every ratio comes from
+one file, i.e. from impls timed back to back in the same run; cases a file does not hold are
+not checked (nothing is assumed).
 
 Targets (H100, bf16, our impl ``triton``):
 
@@ -20,6 +22,10 @@ Targets (H100, bf16, our impl ``triton``):
 * document masking at N = 16k: >= 1.0x ``flex``'s document mask.
 * attention sinks (issue 14): a spec with ``sink=S`` at N = 16k takes <= 1.05x the time of
   the same spec without sinks; soft-capping: <= 1.10x the time without the cap, fwd+bwd.
+* N = 1k (issue 17), dense fwd+bwd: >= 0.8x ``sdpa_flash``, from the grid's N = 1024 rows
+  and from host_overhead.csv's time per call (eager and CUDA-graph rows are separate cases).
+* end-to-end training at N >= 16k (issue 17, e2e.csv): tokens/s >= 1.1x the ``sdpa`` model
+  with dense causal attention, >= 1.7x with sliding window 1024.
 
 "Speedup over causal / ideal" is ``(t_causal / t_x) / (flops_causal / flops_x)``, which is
 the ratio of the two rows' mask-exact TFLOP/s.
@@ -38,6 +44,18 @@ from pathlib import Path
 
 OURS = "triton"
 CAUSAL_REPR = "AttentionSpec(kind='dense', causal=True)"
+RESULT_FILES = ("results.csv", "host_overhead.csv", "e2e.csv")
+DENSE_FLEX, DENSE_FLASH, DENSE_CUDNN = "dense >= 1.0x flex", "dense >= 1.3x sdpa_flash", "dense stretch >= 0.85x sdpa_cudnn"
+MEMORY = "memory fwd+bwd <= 1.1x sdpa_flash"
+SWA_IDEAL, SWA_FLEX = "sliding window: speedup >= 80% of ideal", "sliding window >= 1.2x flex"
+SPARSE_IDEAL, SPARSE_FLEX = "block-sparse: speedup >= 80% of ideal", "block-sparse >= 1.0x flex"
+DOCS_FLEX = "documents >= 1.0x flex"
+SINKS, SOFTCAP = "sinks: <= 1.05x the time without sinks", "softcap: <= 1.10x the time without the cap (fwd+bwd)"
+SHORT = "N=1k fwd+bwd >= 0.8x sdpa_flash"
+E2E_DENSE, E2E_SWA = "end-to-end dense: tokens/s >= 1.1x sdpa", "end-to-end window 1024: tokens/s >= 1.7x sdpa"
+# Every target, in the order of the summary; one without a check is reported "not measured".
+TARGETS = (DENSE_FLEX, DENSE_FLASH, DENSE_CUDNN, MEMORY, SWA_IDEAL, SWA_FLEX, SPARSE_IDEAL, SPARSE_FLEX, DOCS_FLEX,
+           SINKS, SOFTCAP, SHORT, E2E_DENSE, E2E_SWA)
 
 
 @dataclass(frozen=True)
@@ -109,55 +127,103 @@ def checks_of(rows: list[dict], source: str) -> list[Check]:
         if r["impl"] != OURS:
             continue
         if r["sink"] and r["n"] >= 16384:
-            slower_than_plain("sinks: <= 1.05x the time without sinks", r, r", sink=\d+", 1.05)
+            slower_than_plain(SINKS, r, r", sink=\d+", 1.05)
         if r["softcap"] and r["mode"] == "fwd_bwd":
-            slower_than_plain("softcap: <= 1.10x the time without the cap (fwd+bwd)", r, r", softcap=[^,)]+", 1.10)
+            slower_than_plain(SOFTCAP, r, r", softcap=[^,)]+", 1.10)
         if r["sink"] or r["softcap"]:
             continue
         dense_plain = r["kind"] == "dense" and not r["documents"]
         if dense_plain and r["n"] >= 4096 and r["head_dim"] in (64, 128):
-            ratio("dense >= 1.0x flex", r, "flex", 1.0)
-            ratio("dense >= 1.3x sdpa_flash", r, "sdpa_flash", 1.3)
-            ratio("dense stretch >= 0.85x sdpa_cudnn", r, "sdpa_cudnn", 0.85)
+            ratio(DENSE_FLEX, r, "flex", 1.0)
+            ratio(DENSE_FLASH, r, "sdpa_flash", 1.3)
+            ratio(DENSE_CUDNN, r, "sdpa_cudnn", 0.85)
+        if dense_plain and r["n"] == 1024 and r["mode"] == "fwd_bwd":
+            ratio(SHORT, r, "sdpa_flash", 0.8)
         if dense_plain and r["n"] >= 16384 and r["mode"] == "fwd_bwd":
             b = other(r, impl="sdpa_flash")
             if b is not None and b["peak_mib"] > 0:
-                out.append(Check("memory fwd+bwd <= 1.1x sdpa_flash", _case(r), r["peak_mib"] / b["peak_mib"],
+                out.append(Check(MEMORY, _case(r), r["peak_mib"] / b["peak_mib"],
                                  1.1, False, source))
         if r["kind"] == "sliding_window" and (r["window"] or 0) >= 1024 and r["n"] >= 16384:
-            of_ideal("sliding window: speedup >= 80% of ideal", r)
-            ratio("sliding window >= 1.2x flex", r, "flex", 1.2)
+            of_ideal(SWA_IDEAL, r)
+            ratio(SWA_FLEX, r, "flex", 1.2)
         if r["kind"] == "block_sparse" and r["n"] >= 16384:
-            of_ideal("block-sparse: speedup >= 80% of ideal", r)
-            ratio("block-sparse >= 1.0x flex", r, "flex", 1.0)
+            of_ideal(SPARSE_IDEAL, r)
+            ratio(SPARSE_FLEX, r, "flex", 1.0)
         if r["documents"] and r["n"] >= 16384:
-            ratio("documents >= 1.0x flex", r, "flex", 1.0)
+            ratio(DOCS_FLEX, r, "flex", 1.0)
     return out
+
+
+def _read_ok(path: Path) -> list[dict]:
+    with Path(path).open() as f:
+        return [r for r in csv.DictReader(f) if r.get("status") == "ok"]
+
+
+def host_checks(path: Path, source: str) -> list[Check]:
+    """N = 1k: sdpa_flash's wall time per fwd+bwd call over ours, per head dim, eager or graphs."""
+    rows = [r for r in _read_ok(path) if int(r["n"]) == 1024]
+    wall = {(r["impl"], r["head_dim"], r["graphs"]): float(r["wall_us"]) for r in rows}
+    out = []
+    for (impl, d, graphs), ours in wall.items():
+        base = wall.get(("sdpa_flash", d, graphs))
+        if impl == OURS and base is not None:
+            case = f"per call N=1024 D={d} {'CUDA graph' if graphs == 'yes' else 'eager'}"
+            out.append(Check(SHORT, case, base / ours, 0.8, True, source))
+    return out
+
+
+def e2e_checks(path: Path, source: str) -> list[Check]:
+    """Training tokens/s of our kernels over the sdpa model at N >= 16k: dense and window 1024."""
+    rows = [r for r in _read_ok(path) if int(r["seq_len"]) >= 16384]
+    tps = {(r["attention"], r["impl"], r["seq_len"], r["batch"]): float(r["tokens_per_s"]) for r in rows}
+    out = []
+    for (attention, impl, n, batch), ours in tps.items():
+        base = tps.get((attention, "sdpa", n, batch))
+        target = {"dense": (E2E_DENSE, 1.1), "swa1024": (E2E_SWA, 1.7)}.get(attention)
+        if impl == OURS and base is not None and target is not None:
+            out.append(Check(target[0], f"{attention} N={n} batch {batch}", ours / base, target[1], True, source))
+    return out
+
+
+def checks_of_file(path: Path) -> list[Check]:
+    """The checks one result file allows, by its name (`RESULT_FILES`)."""
+    source = str(path.parent)
+    if path.name == "host_overhead.csv":
+        return host_checks(path, source)
+    if path.name == "e2e.csv":
+        return e2e_checks(path, source)
+    return checks_of(read_rows(path), source)
 
 
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
     found = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(p.rglob("results.csv"))
+            found += sorted(f for name in RESULT_FILES for f in p.rglob(name))
         elif p.is_file():
             found.append(p)
         else:
-            raise ValueError(f"targets: {str(p)!r} is neither a results.csv nor a folder holding some")
+            raise ValueError(f"targets: {str(p)!r} is neither a result file nor a folder holding some")
     if not found:
-        raise ValueError(f"targets: no results.csv under {', '.join(map(str, paths))}")
+        raise ValueError(f"targets: no {', '.join(RESULT_FILES)} under {', '.join(map(str, paths))}")
     return found
 
 
 def markdown(checks: list[Check]) -> str:
-    """A summary per target (met / checked), then every check."""
-    targets = list(dict.fromkeys(c.target for c in checks))
-    lines = ["| target | met | checked | worst | best |", "|---|---:|---:|---:|---:|"]
+    """A summary of every target (met / not met / not measured), then every check."""
+    targets = list(dict.fromkeys([*TARGETS, *(c.target for c in checks)]))
+    lines = ["| target | status | met | checked | worst | best |", "|---|---|---:|---:|---:|---:|"]
     for t in targets:
         cs = [c for c in checks if c.target == t]
+        if not cs:
+            lines.append(f"| {t} | not measured | 0 | 0 | - | - |")
+            continue
         values = [c.value for c in cs]
         worst, best = (min(values), max(values)) if cs[0].higher_is_better else (max(values), min(values))
-        lines.append(f"| {t} | {sum(c.met for c in cs)} | {len(cs)} | {worst:.2f} | {best:.2f} |")
+        met = sum(c.met for c in cs)
+        status = "met" if met == len(cs) else "**not met**"
+        lines.append(f"| {t} | {status} | {met} | {len(cs)} | {worst:.2f} | {best:.2f} |")
     lines += ["", "| target | case | measured | needed | met | source |", "|---|---|---:|---:|---|---|"]
     for c in checks:
         need = f"{'>=' if c.higher_is_better else '<='} {c.threshold:g}"
@@ -167,7 +233,7 @@ def markdown(checks: list[Check]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnlab.bench.targets", description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="results.csv files or folders holding them")
+    parser.add_argument("paths", nargs="+", help="result files (results.csv, host_overhead.csv, e2e.csv) or folders")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     try:
@@ -175,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    checks = [c for f in files for c in checks_of(read_rows(f), str(f.parent))]
+    checks = [c for f in files for c in checks_of_file(f)]
     text = markdown(checks)
     print(text, end="")
     if args.out is not None:

@@ -77,7 +77,7 @@ def test_tiny_experiment_runs_end_to_end_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr
     record = json.loads((tmp_path / "out/report.json").read_text())
     rows = {(r["conversion"], r["method"]): r for r in record["rows"]}
-    assert set(rows) == {("dense", "untrained"), ("swa8", "untrained"), ("swa8", "ce"), ("swa8", "kd"),
+    assert set(rows) == {("dense", "untrained"), ("dense", "ce"), ("swa8", "untrained"), ("swa8", "ce"), ("swa8", "kd"),
                          ("swa8", "match_kd")}
     assert rows[("swa8", "kd")]["seeds"] == 2 and rows[("swa8", "kd")]["attn_flops_vs_dense"] < 1
     assert set(rows[("swa8", "ce")]["passkey"]) == {"64", "128"}

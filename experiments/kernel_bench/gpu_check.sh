@@ -4,9 +4,10 @@
 #   experiments/kernel_bench/gpu_check.sh [OUT_DIR] [BUDGET_S]
 #
 # Stages, in order of importance, each capped so that one slow stage cannot starve the rest:
-#   tests        pytest -m gpu (kernels and bench harness), 8 workers (compiling is the cost)
+#   tests        pytest -m gpu (kernels, topk_blocks, bench harness), 8 workers (compiling is the cost)
 #   bench_gpu    conf/bench/gpu.yaml         dense causal / non-causal, N = 4k, 16k, 1k
 #   bench_swa    conf/bench/gpu_swa.yaml     sliding windows at N = 16k
+#   bench_topk   conf/bench/gpu_topk.yaml    content-selected blocks (topk_blocks) at N = 16k
 #   bench_sparse conf/bench/gpu_sparse.yaml  block-sparse layouts and 8 documents at N = 16k
 # A stage that hits its cap is stopped with SIGINT: pytest prints its summary and the bench
 # keeps the rows it measured (results.csv is rewritten after every case). Everything lands in
@@ -51,11 +52,13 @@ stage() {
 } 2>&1 | tee "$OUT_DIR/env.txt"
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA device')" || exit 1
 
-# budget shares: tests 25%, dense 40%, sliding window 17%, block-sparse + documents the rest
+# budget shares: tests 25%, dense 35%, sliding window 17%, topk_blocks 10%, block-sparse +
+# documents the rest
 stage tests $((BUDGET_S * 25 / 100)) "$PYTHON" -m pytest -m gpu -p no:cacheprovider -n 8 -v --durations=15 \
-    tests/kernels tests/test_bench.py
-stage bench_gpu $((BUDGET_S * 40 / 100)) "$PYTHON" -m attnlab.bench bench=gpu "hydra.run.dir=$OUT_DIR/bench_gpu"
+    tests/kernels tests/attention/test_topk_blocks_gpu.py tests/test_bench.py
+stage bench_gpu $((BUDGET_S * 35 / 100)) "$PYTHON" -m attnlab.bench bench=gpu "hydra.run.dir=$OUT_DIR/bench_gpu"
 stage bench_swa $((BUDGET_S * 17 / 100)) "$PYTHON" -m attnlab.bench bench=gpu_swa "hydra.run.dir=$OUT_DIR/bench_swa"
+stage bench_topk $((BUDGET_S * 10 / 100)) "$PYTHON" -m attnlab.bench bench=gpu_topk "hydra.run.dir=$OUT_DIR/bench_topk"
 stage bench_sparse "$BUDGET_S" "$PYTHON" -m attnlab.bench bench=gpu_sparse "hydra.run.dir=$OUT_DIR/bench_sparse"
 
 "$PYTHON" -m attnlab.bench.targets "$OUT_DIR" --out "$OUT_DIR/targets.md" > /dev/null &&

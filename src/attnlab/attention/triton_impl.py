@@ -83,6 +83,20 @@ def triton_attention(q, k, v, spec, scale: float, doc_ids=None, return_lse: bool
     return flash_attention(q, k, v, **kw)
 
 
+def topk_selection_index(spec, q, k):
+    """kind="topk_blocks" without the attention: the selection and the kernels' index lists
+    (``BlockSparseIndex``) that ``triton_attention`` builds before its kernels on a call
+    without documents. The benchmark times it alone (``triton_selection``)."""
+    from attnlab.attention.selection import max_chosen, select_blocks
+    from attnlab.kernels.flash.layout import build_index_fixed
+
+    chosen = select_blocks(spec, q, k)  # [B, Hq, Mb, Kb]
+    b, hq, n_q = q.shape[:3]
+    return build_index_fixed(chosen.reshape(b * hq, *chosen.shape[2:]), spec.block_size, n_q, k.shape[2],
+                             None, 0 if spec.causal else None, max_chosen(spec.top_k),
+                             sink=spec.sink, sink_causal=spec.causal)  # fmt: skip
+
+
 def chosen_blocks_attention(q, k, v, chosen, bs: int, max_per_row: int, kw: dict, doc_ids=None):
     """Attention over per-(batch, head) chosen key blocks ``chosen`` bool [B, Hq, Mb, Kb] (at
     most ``max_per_row`` True per row) as per-head layouts of one block-sparse call, batch

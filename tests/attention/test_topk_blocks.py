@@ -206,3 +206,6 @@ def test_triton_path_never_reads_the_device(monkeypatch, sink):
     idx = seen[0]
     assert [tuple(t.shape) for t in (idx.row_bounds, idx.row_cols, idx.col_bounds, idx.col_rows)] == [
         (b * hq, mi, 3), (b * hq * mi * row_len,), (b * hq, ki, 3), (b * hq * ki * mi,)]  # fmt: skip
+    alone = triton_impl.topk_selection_index(spec, q, k)  # what the benchmark times as the selection
+    assert [t.shape for t in (alone.row_bounds, alone.row_cols, alone.col_bounds, alone.col_rows)] == [
+        t.shape for t in (idx.row_bounds, idx.row_cols, idx.col_bounds, idx.col_rows)]  # fmt: skip

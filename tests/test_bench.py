@@ -147,6 +147,32 @@ def test_triton_on_cpu_is_skipped_with_reason():
     assert "TRITON_INTERPRET" in row.reason or "CUDA" in row.reason
 
 
+def test_selection_alone_is_timed_for_topk_blocks_forward_only():
+    """triton_selection: the topk_blocks selection and index lists (pure torch, so timed on CPU
+    too); no FLOPs; skipped with a reason for other kinds and for modes with a backward."""
+    topk = {"name": "moba", "kind": "topk_blocks", "causal": True, "block_size": 16, "top_k": 2}
+    cfg = BenchConfig(impls=["triton_selection"], baseline=None, specs=[topk, CAUSAL], seq_lens=[64],
+                      modes=["fwd", "fwd_bwd"], **FAST)
+    rows = {(r.spec, r.mode): r for r in run_benchmark(cfg)}
+    fwd = rows[("moba", "fwd")]
+    assert fwd.ok and fwd.ms > 0 and fwd.flops == 0
+    for key in (("moba", "fwd_bwd"), (CAUSAL["name"], "fwd")):
+        assert rows[key].status == "skipped" and "topk_blocks" in rows[key].reason
+
+
+def test_gpu_topk_preset_is_issue_16s_case():
+    """N = 16k, D = 128, block 64, density 1/8 (top_k = N / 64 / 8), bf16, fwd+bwd, with our
+    dense causal kernel and the selection alone in the same run."""
+    cfg = BenchConfig.from_dict(_compose(["bench=gpu_topk", "device=cpu"]))
+    specs = dict(cfg.named_specs)
+    topk = next(s for s in specs.values() if s.kind == "topk_blocks")
+    assert cfg.seq_lens == (16384,) and cfg.head_dims == (128,) and cfg.dtypes == ("bfloat16",)
+    assert topk.block_size == 64 and topk.top_k * 8 == 16384 // 64 and topk.causal
+    assert "fwd_bwd" in cfg.modes and "fwd" in cfg.modes
+    assert {"triton", "triton_selection"} <= set(cfg.all_impls)
+    assert any(s.kind == "dense" and s.causal for s in specs.values())
+
+
 def test_reports(tiny_rows, tmp_path):
     cfg, rows = tiny_rows
     path = write_csv(rows, tmp_path / "results.csv", cfg.ratio_baselines)

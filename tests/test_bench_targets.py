@@ -162,3 +162,21 @@ def test_every_check_names_a_listed_target(tmp_path):
     ])
     checks = targets.checks_of(targets.read_rows(f), "a")
     assert checks and {c.target for c in checks} <= set(targets.TARGETS)
+
+
+def test_topk_blocks_ideal_and_selection_share(tmp_path):
+    """Issue 16: fwd+bwd speedup over causal >= 70% of the (mask-exact) ideal, the selection
+    alone (triton_selection, mode fwd) <= 15% of the triton fwd+bwd time."""
+    topk = "AttentionSpec(kind='topk_blocks', causal=True, block_size=64, top_k=32)"
+    f = _write(tmp_path / "a" / "results.csv", [
+        _row("triton", "causal", CAUSAL, 10.0, 1000e9),
+        _row("triton", "moba8", topk, 4.0, 250e9),  # ideal 4x, got 2.5x: 62.5%
+        _row("triton_selection", "moba8", topk, 0.5, 0.0, mode="fwd"),  # 12.5% of 4.0 ms
+        _row("triton", "moba8", topk, 1.0, 80e9, mode="fwd"),  # fwd rows: no issue-16 target
+    ])
+    got = _by_target(targets.checks_of(targets.read_rows(f), "a"))
+    ideal = got["topk_blocks: fwd+bwd speedup >= 70% of ideal, selection included"]
+    assert ideal.value == pytest.approx(0.625) and not ideal.met and "fwd_bwd" in ideal.case
+    share = got["topk_blocks: selection <= 15% of fwd+bwd"]
+    assert share.value == pytest.approx(0.125) and share.met
+    assert len([c for c in targets.checks_of(targets.read_rows(f), "a") if "topk" in c.target]) == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "kernel_bench" / "gpu_check.sh"
-STAGES = ["tests", "bench_gpu", "breakdown", "e2e", "host", "bench_swa", "bench_sparse"]
+STAGES = ["tests", "bench_gpu", "breakdown", "e2e", "host", "bench_swa", "bench_topk", "bench_sparse"]
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
@@ -34,6 +34,6 @@ def test_dry_run_lists_stages_and_caps_within_8_minutes(tmp_path):
 
 def test_dry_run_scales_with_the_budget_and_rejects_a_tiny_one(tmp_path):
     res = _dry_run(str(tmp_path), "960")
-    assert res.returncode == 0 and "bench_gpu     cap  201s" in res.stdout
+    assert res.returncode == 0 and "bench_gpu     cap  172s" in res.stdout
     res = _dry_run(str(tmp_path), "40")
     assert res.returncode == 2 and "BUDGET_S=40" in res.stderr

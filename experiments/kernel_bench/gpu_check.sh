@@ -6,7 +6,7 @@
 #
 # Stages, in this order, each capped at a share of the budget so that one slow stage cannot
 # starve the rest (the percentages are in STAGES below; --dry-run prints the caps in seconds):
-#   tests        pytest -m gpu (kernels and bench harness), 8 workers (compiling is the cost)
+#   tests        pytest -m gpu (kernels, topk_blocks, bench harness), 8 workers (compiling is the cost)
 #   bench_gpu    conf/bench/gpu.yaml         dense causal / non-causal, N = 4k, 16k, 1k
 #   breakdown    attnlab.bench.breakdown     per-kernel CUDA events (fwd, preprocess, dK/dV, dQ),
 #                                            causal N = 16k, D = 64 and 128
@@ -14,6 +14,7 @@
 #                                            sdpa, dense and window 1024
 #   host         attnlab.bench.host_overhead host us per fwd+bwd call at N = 1k, eager and CUDA graph
 #   bench_swa    conf/bench/gpu_swa.yaml     sliding windows at N = 16k
+#   bench_topk   conf/bench/gpu_topk.yaml    content-selected blocks (topk_blocks) at N = 16k
 #   bench_sparse conf/bench/gpu_sparse.yaml  block-sparse layouts and 8 documents at N = 16k
 # bench_gpu runs before the breakdown and e2e stages so that their N = 16k kernels find the
 # autotuning results on disk. RESERVE_S of the budget is kept for the target table and the
@@ -47,12 +48,13 @@ export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HYDRA_FULL_ERROR=1
 # in each word. The caps and RESERVE_S add up to at most BUDGET_S at the default budget
 # (--dry-run prints the sum); at any budget a stage never takes more than the time left.
 STAGES=(
-    "tests 15 {PY} -m pytest -m gpu -p no:cacheprovider -n 8 -v --durations=15 tests/kernels tests/test_bench.py"
-    "bench_gpu 21 {PY} -m attnlab.bench bench=gpu hydra.run.dir={OUT}/bench_gpu"
+    "tests 15 {PY} -m pytest -m gpu -p no:cacheprovider -n 8 -v --durations=15 tests/kernels tests/attention/test_topk_blocks_gpu.py tests/test_bench.py"
+    "bench_gpu 18 {PY} -m attnlab.bench bench=gpu hydra.run.dir={OUT}/bench_gpu"
     "breakdown 9 {PY} -m attnlab.bench.breakdown --out {OUT}/breakdown --seq-len 16384 --head-dims 64 128"
-    "e2e 19 {PY} -m attnlab.bench.e2e --out {OUT}/e2e --seq-len 16384 --attention dense swa1024"
+    "e2e 16 {PY} -m attnlab.bench.e2e --out {OUT}/e2e --seq-len 16384 --attention dense swa1024"
     "host 7 {PY} -m attnlab.bench.host_overhead --out {OUT}/host --seq-len 1024 --head-dims 64 128"
     "bench_swa 12 {PY} -m attnlab.bench bench=gpu_swa hydra.run.dir={OUT}/bench_swa"
+    "bench_topk 6 {PY} -m attnlab.bench bench=gpu_topk hydra.run.dir={OUT}/bench_topk"
     "bench_sparse 13 {PY} -m attnlab.bench bench=gpu_sparse hydra.run.dir={OUT}/bench_sparse"
 )
 

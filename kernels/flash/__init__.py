@@ -5,7 +5,9 @@ attention, fwd + bwd, optionally restricted to documents (packed sequences, ``do
 - ``block_sparse_attention``: the same kernels walking a compressed block layout.
 - ``flash_attention_reference`` / ``block_sparse_reference``: the pure-PyTorch oracles.
 - ``flash_attention_mask`` / ``block_sparse_mask``: the bool masks those semantics define.
-- ``compress_layout``: a layout's CSR/CSC index (cached), as the kernels consume it.
+- ``compress_layout``: a layout's CSR/CSC index (cached), as the kernels consume it; layouts
+  computed on the device each call take ``block_sparse_attention(max_blocks_per_row=)``
+  instead (fixed-length lists, ``layout.build_index_fixed``: no host synchronisation).
 - ``document_bounds`` / ``document_mask``: per-token document bounds (as the kernels read
   them) and the bool same-document mask of ``doc_ids``.
 """

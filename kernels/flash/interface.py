@@ -15,7 +15,7 @@ from .backward import flash_bwd
 from .common import interpreting, stride_last_one
 from .documents import DocumentBounds, check_doc_ids, document_bounds
 from .forward import flash_fwd
-from .layout import BlockSparseIndex, check_layout, compress_layout
+from .layout import BlockSparseIndex, build_index_fixed, check_layout, compress_layout
 from .reference import check_attention_args, check_sink_softcap
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -164,6 +164,7 @@ def block_sparse_attention(
     doc_ids: Tensor | DocumentBounds | None = None,
     sink: int = 0,
     softcap: float | None = None,
+    max_blocks_per_row: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Block-sparse fused attention, forward and backward: ``flash_attention`` restricted to the
     (query block, key block) pairs a layout keeps.
@@ -179,8 +180,15 @@ def block_sparse_attention(
             block_size tokens split each block (no layout mask in the tile); 1..8: coarsened to
             16-token tiles that also apply the exact layout bit per pair.
 
-    The layout is compressed once into CSR/CSC index lists with per-block "full" flags
-    (layout.py) and cached per layout tensor; pass the same tensor again to skip that work.
+        max_blocks_per_row: None (default): the layout is compressed once into CSR/CSC index
+            lists with per-block "full" flags (layout.py) and cached per layout tensor; pass the
+            same tensor again to skip that work (compressing counts the blocks: a host
+            synchronisation). An int >= 1, an upper bound on the True blocks of any layout row:
+            the lists get fixed lengths and are built on the layout's device each call with no
+            host synchronisation and no cache (``layout.build_index_fixed``), for layouts computed
+            on the device (content-selected blocks); a row above the bound trips a device-side
+            assertion. Same results, bitwise.
+
     Rows with no allowed key give zeros and zero gradients, never NaN.
     """
     scale = check_attention_args(
@@ -197,12 +205,26 @@ def block_sparse_attention(
         raise ValueError(
             f"layout has {layout.shape[0]} head layouts but q has Hq={hq} heads; use 1 or {hq}"
         )
+    if max_blocks_per_row is not None and (
+        isinstance(max_blocks_per_row, bool) or not isinstance(max_blocks_per_row, int) or max_blocks_per_row < 1
+    ):
+        raise ValueError(f"max_blocks_per_row must be None or an int >= 1, got {max_blocks_per_row!r}")
+    if layout.device != q.device and max_blocks_per_row is not None:
+        raise ValueError(
+            f"layout is on {layout.device} but q is on {q.device}; with max_blocks_per_row the "
+            "layout must be on q's device (it is compressed there without a synchronisation)"
+        )
     _require_kernel_device(q, "block_sparse_attention", "block_sparse_reference")
     docs = _documents(doc_ids, q, k)
     extras = _extras(sink, softcap, causal)
     eff_right = 0 if causal else window_right
     sparse: BlockSparseIndex | None = None
-    if n_q > 0 and n_k > 0:
+    if n_q > 0 and n_k > 0 and max_blocks_per_row is not None:
+        sparse = build_index_fixed(
+            layout, block_size, n_q, n_k, window_left, eff_right, max_blocks_per_row,
+            sink=extras["sink"], sink_causal=extras["sink_causal"],
+        )  # fmt: skip
+    elif n_q > 0 and n_k > 0:
         sparse = compress_layout(
             layout, block_size, n_q, n_k, window_left, eff_right, q.device,
             sink=extras["sink"], sink_causal=extras["sink_causal"],

@@ -21,6 +21,10 @@ allowed by the token rules, no ragged edge), so full blocks skip all masking wor
 ``row_cols[mid:end]`` full, ascending. The CSC form (``col_bounds``, ``col_rows``: which query
 blocks see key block c) drives the dK/dV pass.
 
+Two builders: ``build_index`` packs the lists back to back (it counts them: a host
+synchronisation), ``build_index_fixed`` gives every row a fixed number of slots (padding past
+each row's end, never read) so that nothing depends on the data but the values: no
+synchronisation, for layouts computed on the device each call (content-selected blocks).
 ``compress_layout`` caches its result per (layout tensor, version, sizes, window, sink), so repeated
 calls with the same layout tensor do not recompress.
 """
@@ -54,14 +58,14 @@ class BlockSparseIndex:
     window_right: int | None  # causal folded in (0)
     heads: int  # H
     row_bounds: torch.Tensor  # int32 [H, Mi, 3]: (start, mid, end) into row_cols
-    row_cols: torch.Tensor  # int32 [max(nnz, 1)]: key index blocks, masked then full per row
+    row_cols: torch.Tensor  # int32 [max(nnz, 1)] (fixed: [H * Mi * row length]): key index blocks, masked then full per row
     col_bounds: torch.Tensor  # int32 [H, Ki, 3]: (start, mid, end) into col_rows
-    col_rows: torch.Tensor  # int32 [max(nnz, 1)]: query index blocks, masked then full per column
+    col_rows: torch.Tensor  # int32 [max(nnz, 1)] (fixed: [H * Ki * Mi]): query index blocks, masked then full per column
     fine_layout: (
         torch.Tensor | None
     )  # int8 [H, Mb, Kb] when G > bs (in-tile layout mask), else None
-    nnz: int  # visited index blocks (all heads)
-    n_full: int  # of which full
+    nnz: int | None  # visited index blocks (all heads); None from build_index_fixed (not counted)
+    n_full: int | None  # of which full
     sink: int = 0  # keys j < sink visited whatever the layout (build_index)
     sink_causal: bool = False
 
@@ -205,6 +209,33 @@ def _compress(visit: torch.Tensor, full: torch.Tensor):
     return bounds.reshape(heads, rows, 3).to(torch.int32).contiguous(), idx
 
 
+def _visit_full(layout, block_size, n_q, n_k, window_left, window_right, device, sink, sink_causal):
+    """(G, lay, visit, full): the layout on ``device`` and which G x G index block pairs the
+    kernels visit / may treat as full, bool [H, Mi, Ki] (module docstring). Device ops only."""
+    g = index_block_for(block_size)
+    check_layout(layout, block_size, n_q, n_k)
+    lay = layout.to(device)
+    m_i, k_i = cdiv(n_q, g), cdiv(n_k, g)
+    lay_any, lay_all = _blocks_any_all(lay, g // block_size, m_i, k_i)  # [H, Mi, Ki]
+    tok_any, tok_all = _token_any_all(n_q, n_k, g, window_left, window_right, device)
+    visit = lay_any & tok_any
+    full = lay_all & tok_all & visit
+    if sink:
+        sink_any, sink_all = _sink_any_all(n_q, n_k, g, sink, sink_causal, device)
+        visit = visit | sink_any
+        full = full | sink_all
+    return g, lay, visit, full
+
+
+def _check_int32(entries: int, g: int, heads: int) -> None:
+    """The kernels step through the lists with int32 (entry * G / 16 tiles must fit)."""
+    if entries * (g // MIN_INDEX_BLOCK) >= 2**31:
+        raise ValueError(
+            f"index lists of {entries} entries (blocks of {g} tokens, {heads} heads): too many "
+            "for int32 offsets; use a larger block_size or split the heads into several calls"
+        )
+
+
 def build_index(
     layout: torch.Tensor,
     block_size: int,
@@ -221,26 +252,15 @@ def build_index(
     ``sink`` > 0: keys ``j < sink`` are visited whatever the layout and window (``j <= p`` too
     when ``sink_causal``); unless ``sink`` is a multiple of G, the kernels then read the exact
     layout bit of every pair in masked tiles (a partly-sink block must not open its other keys).
+    Counting the kept blocks and ``nonzero`` read the device (a host synchronisation): layouts
+    built on the device each call take ``build_index_fixed`` instead.
     """
-    g = index_block_for(block_size)
-    check_layout(layout, block_size, n_q, n_k)
     device = torch.device(device) if device is not None else layout.device
-    lay = layout.to(device)
-    m_i, k_i = cdiv(n_q, g), cdiv(n_k, g)
-    lay_any, lay_all = _blocks_any_all(lay, g // block_size, m_i, k_i)  # [H, Mi, Ki]
-    tok_any, tok_all = _token_any_all(n_q, n_k, g, window_left, window_right, device)
-    visit = lay_any & tok_any
-    full = lay_all & tok_all & visit
-    if sink:
-        sink_any, sink_all = _sink_any_all(n_q, n_k, g, sink, sink_causal, device)
-        visit = visit | sink_any
-        full = full | sink_all
+    g, lay, visit, full = _visit_full(
+        layout, block_size, n_q, n_k, window_left, window_right, device, sink, sink_causal
+    )
     nnz = int(visit.sum())
-    if nnz * (g // MIN_INDEX_BLOCK) >= 2**31:  # kernels step through the lists with int32
-        raise ValueError(
-            f"layout keeps {nnz} blocks of {g} tokens over {layout.shape[0]} heads: too many for "
-            "int32 index lists; use a larger block_size or split the heads into several calls"
-        )
+    _check_int32(nnz, g, layout.shape[0])
     row_bounds, row_cols = _compress(visit, full)
     col_bounds, col_rows = _compress(visit.transpose(1, 2), full.transpose(1, 2))
     fine = lay.to(torch.int8).contiguous() if g > block_size or sink % g else None
@@ -249,6 +269,70 @@ def build_index(
         window_left=window_left, window_right=window_right, heads=layout.shape[0],
         row_bounds=row_bounds, row_cols=row_cols, col_bounds=col_bounds, col_rows=col_rows,
         fine_layout=fine, nnz=nnz, n_full=int(full.sum()), sink=sink, sink_causal=sink_causal,
+    )  # fmt: skip
+
+
+def _compress_fixed(visit: torch.Tensor, full: torch.Tensor, length: int):
+    """``_compress`` with fixed shapes: each row of bool [H, R, C] gets ``length`` slots of
+    int32 ``idx [H * R * length]`` (its masked entries then its full ones, ascending, then
+    padding past the row's end that the kernels never read); ``bounds`` int32 [H, R, 3] point
+    into them (row (h, r) starts at slot (h * R + r) * length). One sort of a fixed-shape key
+    per row, no host synchronisation; a row with more than ``length`` entries trips a
+    device-side assertion (on CUDA: asynchronously, at the next synchronisation)."""
+    heads, rows, cols = visit.shape
+    col = torch.arange(cols, dtype=torch.int32, device=visit.device)
+    # sort key: masked entries c, full ones C + c, not visited 2C + c (unique per row)
+    key = torch.where(visit, col + cols * full.to(torch.int32), col + 2 * cols)
+    idx = (key.sort(dim=-1).values[..., :length] % cols).to(torch.int32).reshape(-1)
+    n_masked = (visit & ~full).sum(-1)  # [H, R]
+    n_visit = visit.sum(-1)
+    torch._assert_async(
+        (n_visit <= length).all(),
+        f"block-sparse layout row holds more blocks than its fixed index length {length} "
+        "(max_blocks_per_row too small for this layout)",
+    )
+    start = torch.arange(heads * rows, device=visit.device).view(heads, rows) * length
+    bounds = torch.stack([start, start + n_masked, start + n_visit], dim=-1)  # [H, R, 3]
+    return bounds.to(torch.int32).contiguous(), idx
+
+
+def build_index_fixed(
+    layout: torch.Tensor,
+    block_size: int,
+    n_q: int,
+    n_k: int,
+    window_left: int | None,
+    window_right: int | None,
+    max_blocks_per_row: int,
+    sink: int = 0,
+    sink_causal: bool = False,
+) -> BlockSparseIndex:
+    """``build_index`` without a host synchronisation, for layouts computed on the device each
+    call (content-selected blocks): every shape depends only on (H, Nq, Nk, block_size,
+    ``max_blocks_per_row``, sink), so the call composes with CUDA graphs and ``torch.compile``.
+
+    ``max_blocks_per_row``: an upper bound on the True blocks of any layout row. CSR rows get
+    ``min(Ki, (G / bs) * max_blocks_per_row + ceil(sink / G))`` slots, CSC columns ``Mi`` (every
+    query block may pick one key block); a count above the bound trips a device-side assertion.
+    The kernels walk the same entries in the same order as with ``build_index`` (bitwise equal
+    results); ``nnz`` and ``n_full`` are None (counting them would read the device).
+    """
+    if isinstance(max_blocks_per_row, bool) or not isinstance(max_blocks_per_row, int) or max_blocks_per_row < 1:
+        raise ValueError(f"max_blocks_per_row must be an int >= 1, got {max_blocks_per_row!r}")
+    g, lay, visit, full = _visit_full(
+        layout, block_size, n_q, n_k, window_left, window_right, layout.device, sink, sink_causal
+    )
+    heads, m_i, k_i = visit.shape
+    row_len = min(k_i, (g // block_size) * max_blocks_per_row + cdiv(sink, g))
+    _check_int32(heads * max(m_i * row_len, k_i * m_i), g, heads)
+    row_bounds, row_cols = _compress_fixed(visit, full, row_len)
+    col_bounds, col_rows = _compress_fixed(visit.transpose(1, 2), full.transpose(1, 2), m_i)
+    fine = lay.to(torch.int8).contiguous() if g > block_size or sink % g else None
+    return BlockSparseIndex(
+        block_size=block_size, index_block=g, n_q=n_q, n_k=n_k,
+        window_left=window_left, window_right=window_right, heads=heads,
+        row_bounds=row_bounds, row_cols=row_cols, col_bounds=col_bounds, col_rows=col_rows,
+        fine_layout=fine, nnz=None, n_full=None, sink=sink, sink_causal=sink_causal,
     )  # fmt: skip
 
 

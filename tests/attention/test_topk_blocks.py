@@ -169,3 +169,43 @@ def test_causal_selection_pools_the_whole_query_block():
     changed[0, 0, 63] = 50 * k[0, 0, 16 * target:16 * (target + 1)].mean(0)  # only row 63 changes
     after = select_blocks(spec, changed, k)[0, 0, 3]
     assert after[target] and not torch.equal(after, base)
+
+
+@pytest.mark.parametrize("sink", [0, 5])
+def test_triton_path_never_reads_the_device(monkeypatch, sink):
+    """impl='triton' from selection to the kernels' index lists, forward and backward, on the
+    meta device: tensors there have shapes but no values, so any host synchronisation
+    (``.item()``, ``.tolist()``, ``bool(tensor)``, ``nonzero``, boolean-mask indexing, a
+    data-dependent shape) raises. The kernel launchers are replaced by stubs that record the
+    block-sparse index they would get; its shapes follow from the sizes alone."""
+    from attnlab.attention import triton_impl
+    from attnlab.kernels.flash import interface
+
+    seen = []
+
+    def fake_fwd(q, k, v, scale, wl, wr, autotune=True, sparse=None, docs=None, **extras):
+        seen.append(sparse)
+        return torch.empty_like(q), torch.empty(q.shape[:3], device=q.device)
+
+    def fake_bwd(dout, q, k, v, out, lse, dlse, scale, wl, wr, autotune=True, sparse=None, docs=None, **extras):
+        seen.append(sparse)
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    monkeypatch.setattr(interface, "flash_fwd", fake_fwd)
+    monkeypatch.setattr(interface, "flash_bwd", fake_bwd)
+    b, hq, hkv, n, d, bs, top_k = 2, 4, 2, 200, 16, 16, 3
+    spec = AttentionSpec(kind="topk_blocks", block_size=bs, top_k=top_k, causal=True, sink=sink)
+    q = torch.empty(b, hq, n, d, device="meta", requires_grad=True)
+    k, v = (torch.empty(b, hkv, n, d, device="meta", requires_grad=True) for _ in range(2))
+    out = triton_impl.triton_attention(q, k, v, spec, scale=0.25)
+    out.sum().backward()
+    assert out.shape == q.shape and k.grad.shape == k.shape
+    assert len(seen) == 2 and seen[0] is seen[1] and seen[0].nnz is None
+    mi = ki = math.ceil(n / bs)
+    row_len = top_k + math.ceil(sink / bs)  # top_k + sink blocks, G = bs
+    idx = seen[0]
+    assert [tuple(t.shape) for t in (idx.row_bounds, idx.row_cols, idx.col_bounds, idx.col_rows)] == [
+        (b * hq, mi, 3), (b * hq * mi * row_len,), (b * hq, ki, 3), (b * hq * ki * mi,)]  # fmt: skip
+    alone = triton_impl.topk_selection_index(spec, q, k)  # what the benchmark times as the selection
+    assert [t.shape for t in (alone.row_bounds, alone.row_cols, alone.col_bounds, alone.col_rows)] == [
+        t.shape for t in (idx.row_bounds, idx.row_cols, idx.col_bounds, idx.col_rows)]  # fmt: skip

@@ -66,3 +66,24 @@ def test_attention_ablation_sweeps_kinds_and_seeds():
             model_cfg, _, _ = configs_from(compose([f"experiment={kind}", f"attention={preset}"]))
             Transformer(replace(model_cfg, vocab_size=256))
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+
+
+def test_mqar_selected_compares_layouts_at_one_density():
+    """Issue 16's recall comparison: dense and three layouts on MQAR, 3 seeds; moba21 (selected)
+    at <= 25% of the causal pairs, the static random21 / bigbird21 within 0.01 of it."""
+    from attnlab.attention import AttentionSpec
+
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra.compose(config_name="train", overrides=["experiment=mqar_selected"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["attention"] == "dense,moba21,random21,bigbird21" and params["train.seed"] == "0,1,2"
+    assert cfg.data.name == "mqar"
+    n = cfg.model.context
+    dense = AttentionSpec(kind="dense", causal=True).flops(batch=1, heads=1, n_q=n, n_k=n, head_dim=1)
+    density = {}
+    for preset in ("moba21", "random21", "bigbird21"):
+        model_cfg, _, _ = configs_from(compose(["experiment=mqar_selected", f"attention={preset}"]))
+        (spec,) = set(model_cfg.layer_specs())
+        density[preset] = spec.flops(batch=1, heads=1, n_q=n, n_k=n, head_dim=1) / dense
+    assert density["moba21"] <= 0.25
+    assert all(abs(d - density["moba21"]) <= 0.01 for d in density.values()), density

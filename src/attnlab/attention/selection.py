@@ -40,8 +40,7 @@ def block_means(x: torch.Tensor, bs: int) -> torch.Tensor:
     nb = math.ceil(n / bs)
     padded = torch.nn.functional.pad(x.detach().float(), (0, 0, 0, nb * bs - n))
     sums = padded.view(b, h, nb, bs, d).sum(3)
-    counts = torch.full((nb,), float(bs), device=x.device)
-    counts[-1] = n - (nb - 1) * bs
+    counts = (n - torch.arange(nb, device=x.device) * bs).clamp(max=bs).float()  # rows per block
     return sums / counts[:, None]
 
 
@@ -78,6 +77,13 @@ def choose(spec, scores: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device)
                                             .expand_as(order).contiguous())  # fmt: skip
     return forced | (free & (rank < budget[:, None]))
+
+
+def max_chosen(top_k: int) -> int:
+    """An upper bound on the chosen blocks of one query block: ``top_k``, or 2 forced blocks
+    when ``top_k`` = 1 (a block's ``bs`` consecutive aligned positions span at most two key
+    blocks). The kernels' fixed-length index lists are sized by it."""
+    return max(top_k, 2)
 
 
 def select_blocks(spec, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -76,22 +76,45 @@ def triton_attention(q, k, v, spec, scale: float, doc_ids=None, return_lse: bool
         layout = custom_layout(spec, q.shape[2], k.shape[2], q.device)
         return block_sparse_attention(q, k, v, layout, 1, **kw)
     if spec.kind == "topk_blocks":
-        from attnlab.attention.selection import select_blocks
+        from attnlab.attention.selection import max_chosen, select_blocks
 
-        return chosen_blocks_attention(q, k, v, select_blocks(spec, q, k), spec.block_size, kw, doc_ids)
+        chosen = select_blocks(spec, q, k)  # [B, Hq, Mb, Kb], on the device
+        return chosen_blocks_attention(q, k, v, chosen, spec.block_size, max_chosen(spec.top_k), kw, doc_ids)
     return flash_attention(q, k, v, **kw)
 
 
-def chosen_blocks_attention(q, k, v, chosen, bs: int, kw: dict, doc_ids=None):
-    """Attention over per-(batch, head) chosen key blocks ``chosen`` bool [B, Hq, Mb, Kb] as
-    per-head layouts of one block-sparse call, batch folded into heads (GQA keeps its grouping:
-    head b*Hq + h reads kv head b*Hkv + h // group); with documents one call per batch row (ids
-    differ per row). ``kw``: the kernels' causal / window / scale / sink / softcap / return_lse."""
-    from attnlab.kernels.flash import block_sparse_attention
+def topk_selection_index(spec, q, k):
+    """kind="topk_blocks" without the attention: the selection and the kernels' index lists
+    (``BlockSparseIndex``) that ``triton_attention`` builds before its kernels on a call
+    without documents. The benchmark times it alone (``triton_selection``)."""
+    from attnlab.attention.selection import max_chosen, select_blocks
+    from attnlab.kernels.flash.layout import build_index_fixed
+
+    chosen = select_blocks(spec, q, k)  # [B, Hq, Mb, Kb]
+    b, hq, n_q = q.shape[:3]
+    return build_index_fixed(chosen.reshape(b * hq, *chosen.shape[2:]), spec.block_size, n_q, k.shape[2],
+                             None, 0 if spec.causal else None, max_chosen(spec.top_k),
+                             sink=spec.sink, sink_causal=spec.causal)  # fmt: skip
+
+
+def chosen_blocks_attention(q, k, v, chosen, bs: int, max_per_row: int, kw: dict, doc_ids=None):
+    """Attention over per-(batch, head) chosen key blocks ``chosen`` bool [B, Hq, Mb, Kb] (at
+    most ``max_per_row`` True per row) as per-head layouts of one block-sparse call, batch
+    folded into heads (GQA keeps its grouping: head b*Hq + h reads kv head b*Hkv + h // group).
+    ``kw``: the kernels' causal / window / scale / sink / softcap / return_lse.
+
+    The kernels' index lists are built on the device with fixed lengths (``max_blocks_per_row``):
+    no host synchronisation from selection to output, forward and backward. With documents
+    (``doc_ids`` [B or 1, Nk]) it is one call per batch row: the kernels read document bounds
+    per batch row but layouts per head, so folding the batch into heads would lose the rows'
+    documents. Those calls are still free of synchronisations (the bounds are computed once and
+    sliced), but B launches instead of one; only a kernel change (a per-(b, h) layout stride)
+    would remove the loop."""
+    from attnlab.kernels.flash import DocumentBounds, block_sparse_attention
 
     b, hq, n_q, d = q.shape
     hkv, n_k = k.shape[1], k.shape[2]
-    kw = {"return_lse": False, **kw}
+    kw = {"return_lse": False, **kw, "max_blocks_per_row": max_per_row}
     lse = kw["return_lse"]
     if doc_ids is None:
         fold = lambda t, h, n: t.reshape(1, b * h, n, d)  # noqa: E731
@@ -100,11 +123,13 @@ def chosen_blocks_attention(q, k, v, chosen, bs: int, kw: dict, doc_ids=None):
         out, lse_out = res if lse else (res, None)
         out = out.reshape(b, hq, n_q, d)
         return (out, lse_out.reshape(b, hq, n_q)) if lse else out
+    bounds = document_bounds(doc_ids)  # [B or 1, Nk] each, validated by the caller
     rows = []
     for i in range(b):
-        ids = doc_ids[i if doc_ids.shape[0] > 1 else 0][None]
+        r = i if bounds.start.shape[0] > 1 else 0
+        row_docs = DocumentBounds(bounds.start[r:r + 1], bounds.end[r:r + 1])
         rows.append(block_sparse_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], chosen[i], bs,
-                                           **{**kw, "doc_ids": ids}))  # fmt: skip
+                                           **{**kw, "doc_ids": row_docs}))  # fmt: skip
     if lse:
         return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
     return torch.cat(rows)

@@ -26,6 +26,9 @@ SDPA_VARIANTS = {
     "sdpa_cudnn": "CUDNN_ATTENTION",
     "sdpa_math": "MATH",
 }
+# Bench-only: kind="topk_blocks" without the attention, i.e. what impl="triton" computes before
+# its kernels (the selection and the kernels' index lists), forward mode only.
+SELECTION_IMPL = "triton_selection"
 MODES = ("fwd", "bwd", "fwd_bwd")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32",
@@ -33,8 +36,9 @@ DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32
 
 
 def known_impls() -> tuple[str, ...]:
-    """Every impl name the bench accepts: the registry's, ``auto`` and the SDPA variants."""
-    return (*IMPLS, "auto", *SDPA_VARIANTS)
+    """Every impl name the bench accepts: the registry's, ``auto``, the SDPA variants and the
+    selection alone."""
+    return (*IMPLS, "auto", *SDPA_VARIANTS, SELECTION_IMPL)
 
 
 def _is_int(x) -> bool:
@@ -78,7 +82,9 @@ class BenchConfig:
     Args:
         device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
         impls: impl names (see `known_impls`): registry impls, ``auto``, and the bench-only
-            ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` / ``sdpa_math``.
+            ``sdpa_flash`` / ``sdpa_efficient`` / ``sdpa_cudnn`` / ``sdpa_math``, and
+            ``triton_selection``: for ``kind="topk_blocks"`` specs in mode ``fwd``, the time of
+            the selection and the kernels' index lists alone (no FLOPs; other rows skipped).
         baseline: impl whose time every row is divided by (``speedup = t_base / t_impl``),
             or None. It is measured in the same run (added to ``impls`` if missing).
         baselines: more baselines, one ratio column each (after ``baseline``).

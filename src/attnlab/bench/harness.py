@@ -36,7 +36,7 @@ import torch
 
 from attnlab.attention import AttentionSpec, attention
 from attnlab.attention.triton_impl import interpreter_on
-from attnlab.bench.config import DTYPES, SDPA_VARIANTS, BenchConfig
+from attnlab.bench.config import DTYPES, SDPA_VARIANTS, SELECTION_IMPL, BenchConfig
 
 __all__ = ["BenchConfig", "BenchRow", "run_benchmark"]
 
@@ -88,7 +88,12 @@ def equal_documents(n: int, documents: int, device=None) -> torch.Tensor:
 
 
 def _impl_fn(impl: str, spec: AttentionSpec, cu_seqlens: torch.Tensor | None = None) -> Callable:
-    """(q, k, v) -> out for an impl name, incl. the bench-only SDPA backend variants."""
+    """(q, k, v) -> out for an impl name, incl. the bench-only SDPA backend variants and the
+    topk_blocks selection alone."""
+    if impl == SELECTION_IMPL:
+        from attnlab.attention.triton_impl import topk_selection_index
+
+        return lambda q, k, v: topk_selection_index(spec, q, k)
     if impl not in SDPA_VARIANTS:
         return lambda q, k, v: attention(q, k, v, spec, impl=impl, cu_seqlens=cu_seqlens)
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -102,8 +107,11 @@ def _impl_fn(impl: str, spec: AttentionSpec, cu_seqlens: torch.Tensor | None = N
     return run
 
 
-def _why_not_up_front(impl: str, device: torch.device) -> str | None:
-    """Reasons known without running: no CPU kernel, or timing the Triton interpreter."""
+def _why_not_up_front(impl: str, device: torch.device, spec: AttentionSpec, mode: str) -> str | None:
+    """Reasons known without running: no CPU kernel, timing the Triton interpreter, or the
+    selection alone where there is none (another kind) or no backward to time."""
+    if impl == SELECTION_IMPL and (spec.kind != "topk_blocks" or mode != "fwd"):
+        return f"{SELECTION_IMPL} times kind='topk_blocks' selections in mode fwd only"
     if impl in SDPA_VARIANTS and device.type == "cpu" and SDPA_VARIANTS[impl] not in CPU_SDPA_BACKENDS:
         return f"torch SDPA has no {SDPA_VARIANTS[impl]} kernel on cpu (CUDA only)"
     if impl == "triton" and interpreter_on():
@@ -257,7 +265,7 @@ def _inputs(cfg: BenchConfig, n: int, d: int, dtype: torch.dtype, device: torch.
 def _run_case(row: BenchRow, spec: AttentionSpec, cfg: BenchConfig, device: torch.device,
               documents: int | None = None) -> None:
     """Fill `row` with a measurement, or mark it skipped with the reason."""
-    reason = _why_not_up_front(row.impl, device)
+    reason = _why_not_up_front(row.impl, device, spec, row.mode)
     if reason is not None:
         row.status, row.reason = "skipped", reason
         return
@@ -274,6 +282,8 @@ def _run_case(row: BenchRow, spec: AttentionSpec, cfg: BenchConfig, device: torc
         q = k = v = None
         _free_memory(device)  # an OOM must not poison the next cases
     row.ms, row.peak_mib = ms, peak
+    if row.impl == SELECTION_IMPL:  # no attention pairs: no FLOPs to rate it by
+        row.flops = 0
     row.tflops = row.flops / (ms * 1e9) if ms > 0 else math.nan
 
 

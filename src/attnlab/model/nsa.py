@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlab.attention import AttentionSpec, attention
-from attnlab.attention.selection import choose, expand_to_tokens
+from attnlab.attention.selection import choose, expand_to_tokens, max_chosen
 from attnlab.attention.spec import MODES
 
 
@@ -159,7 +159,7 @@ class NSAAttention(nn.Module):
         imp = F.pad(imp, (0, mb - t), value=0.0)  # Kb = Mb (Nq = Nk); a partial last key block has no compressed vector
         chosen = choose(self.spec.branch_specs()["selection"], imp, N, N)  # (B, Hkv, Mb, Kb)
         chosen = chosen.repeat_interleave(group, 1)  # (B, Hq, Mb, Kb)
-        o_sel = _blocks_attention(q, k, v, chosen, bl, self.impl)
+        o_sel = _blocks_attention(q, k, v, chosen, bl, max_chosen(self.spec.top_k), self.impl)
 
         o_win = attention(q, k, v, self.window_spec, impl=self.impl)
         g = torch.sigmoid(self.gate(x)).view(B, N, hq, 3).permute(0, 2, 1, 3)  # (B, Hq, N, 3)
@@ -170,14 +170,16 @@ class NSAAttention(nn.Module):
         return f"spec={self.spec.name}, impl={self.impl}"
 
 
-def _blocks_attention(q, k, v, chosen, bs: int, impl: str) -> torch.Tensor:
-    """Causal attention over chosen key blocks (bool [B, Hq, Mb, Kb]): the triton kernels on
+def _blocks_attention(q, k, v, chosen, bs: int, max_per_row: int, impl: str) -> torch.Tensor:
+    """Causal attention over chosen key blocks (bool [B, Hq, Mb, Kb], at most ``max_per_row``
+    True per row): the triton kernels on
     CUDA (or when asked), else SDPA with the mask materialised."""
     from attnlab.attention.triton_impl import chosen_blocks_attention, interpreter_on
 
     use_triton = impl == "triton" or (impl == "auto" and q.device.type == "cuda")
     if use_triton and (q.device.type == "cuda" or interpreter_on()):
-        return chosen_blocks_attention(q, k, v, chosen, bs, dict(causal=True, scale=1 / math.sqrt(q.shape[-1])))
+        kw = dict(causal=True, scale=1 / math.sqrt(q.shape[-1]))
+        return chosen_blocks_attention(q, k, v, chosen, bs, max_per_row, kw)
     n = q.shape[2]
     causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     mask = expand_to_tokens(chosen, bs, n, n) & causal

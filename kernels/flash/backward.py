@@ -15,11 +15,14 @@ Block-sparse (``SPARSE``): the dK/dV pass walks each query head's CSC column of 
 Documents (``DOCS``): block ranges clipped and edge tiles masked as in the forward; the sparse
 walks skip tiles of other documents (dK/dV: query rows outside the key block's documents).
 
-With P = exp(S - LSE) recomputed from the saved LSE (S = scale * q kᵀ):
+With P = exp(S - LSE) recomputed from the saved LSE (S = scale * q kᵀ), in the log2 domain the
+forward stores it in: ``P = exp2(q kᵀ * qk_scale - lse2)`` with ``qk_scale = scale * log2(e)`` and
+``lse2 = LSE * log2(e)``, one FMA per score (the scale is folded into qk_scale, the LSE read as is):
     dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dSᵀ Q.
 Soft-capping (S = c tanh(scale * q kᵀ / c)) multiplies dS by 1 - tanh²; sinks widen the block
 ranges like the forward (dK/dV: a key block holding sink keys is seen by every later row).
-Rows with LSE = -inf (no allowed key) are read as LSE = +inf so that P = 0 there.
+Rows with LSE = -inf (no allowed key) are read as LSE = +inf so that P = 0 there. A gradient
+dLSE2 of the log2-domain LSE enters as ``delta -= dLSE2 * log2(e)`` (d lse2 / d S = log2(e) P).
 Shapes: q, dO, O ``[B, Hq, Nq, D]``; k, v ``[B, Hkv, Nk, D]``; LSE, delta ``[B, Hq, Nq]``.
 """
 
@@ -81,8 +84,8 @@ def _bwd_preprocess(
     do = tl.load(do_ptrs, mask=mask, other=0.0).to(tl.float32)
     delta = tl.sum(o * do, axis=1)  # [BLOCK_M]
     row = pid_bh.to(tl.int64) * Nq + offs_m
-    if HAS_DLSE:  # d LSE_i / d S_ij = P_ij, so a dLSE term folds into delta
-        delta -= tl.load(DLse + row, mask=offs_m < Nq, other=0.0)
+    if HAS_DLSE:  # d lse2_i / d S_ij = log2(e) P_ij, so a dLSE2 term folds into delta
+        delta -= tl.load(DLse + row, mask=offs_m < Nq, other=0.0) * _LOG2E
     tl.store(Delta + row, delta, mask=offs_m < Nq)
 
 
@@ -128,19 +131,19 @@ def _dkdv_query_blocks(
             else:
                 lse = tl.load(Lse_bh + rows)
                 delta = tl.load(Delta_bh + rows)
-            lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
+            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # log2 domain; empty rows: P = 0
             qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M] = Sᵀ/scale
             if SOFTCAP:
                 s_t = capped_scores(qk_t, cap_in, cap_out)  # log2 domain
+                e_t = s_t - lse[None, :]
             else:
-                s_t = qk_t * qk_scale
+                e_t = qk_t * qk_scale - lse[None, :]  # one FMA per score
             if MASKED:
                 ok = pair_mask(rows[None, :], cols[:, None], Nq, Nk, window_left, window_right,
                                Lay_h, lay_kb, DocStart_b, sink, HAS_WL, HAS_WR, LAYOUT_MASK,
                                LAYOUT_BLOCK, DOCS, HAS_SINK, SINK_CAUSAL)  # fmt: skip
-                p_t = tl.math.exp2(tl.where(ok, s_t, float("-inf")) - lse[None, :])
-            else:
-                p_t = tl.math.exp2(s_t - lse[None, :])  # [BLOCK_N, BLOCK_M]
+                e_t = tl.where(ok, e_t, float("-inf"))
+            p_t = tl.math.exp2(e_t)  # [BLOCK_N, BLOCK_M]
             dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
             ds_t = p_t * (dp_t - delta[None, :])
@@ -326,15 +329,15 @@ def _dq_key_blocks(
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
             if SOFTCAP:
                 sc = capped_scores(qk, cap_in, cap_out)  # log2 domain
+                e = sc - lse[:, None]
             else:
-                sc = qk * qk_scale
+                e = qk * qk_scale - lse[:, None]  # one FMA per score
             if MASKED:
                 ok = pair_mask(rows[:, None], cols[None, :], Nq, Nk, window_left, window_right,
                                Lay_h, lay_kb, DocStart_b, sink, HAS_WL, HAS_WR, LAYOUT_MASK,
                                LAYOUT_BLOCK, DOCS, HAS_SINK, SINK_CAUSAL)  # fmt: skip
-                p = tl.math.exp2(tl.where(ok, sc, float("-inf")) - lse[:, None])
-            else:
-                p = tl.math.exp2(sc - lse[:, None])
+                e = tl.where(ok, e, float("-inf"))
+            p = tl.math.exp2(e)  # [BLOCK_M, BLOCK_N]
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
             ds = p * (dp - delta[:, None])
             if SOFTCAP:  # d(c tanh(s / c)) / ds = 1 - tanh²
@@ -387,7 +390,7 @@ def _bwd_dq_kernel(
     do = load_tile(do_ptrs, rows, Nq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
     row_offs = pid_bh.to(tl.int64) * Nq + rows  # LSE / delta are contiguous [B, Hq, Nq]
     lse = tl.load(Lse + row_offs, mask=rows < Nq, other=0.0)  # [BLOCK_M]
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # log2 domain; empty rows: P = 0
     delta = tl.load(Delta + row_offs, mask=rows < Nq, other=0.0)
 
     K_bh = K + b64 * stride_kb + hkv64 * stride_kh
@@ -596,8 +599,8 @@ def flash_bwd(
     k: torch.Tensor,  # [B, Hkv, Nk, D]
     v: torch.Tensor,  # [B, Hkv, Nk, D]
     out: torch.Tensor,  # [B, Hq, Nq, D]
-    lse: torch.Tensor,  # [B, Hq, Nq] fp32 contiguous
-    dlse: torch.Tensor | None,  # [B, Hq, Nq] or None
+    lse: torch.Tensor,  # [B, Hq, Nq] fp32 contiguous, log2 domain (flash_fwd's lse2)
+    dlse: torch.Tensor | None,  # [B, Hq, Nq] gradient of that lse2, or None
     scale: float,
     window_left: int | None,
     window_right: int | None,  # causal already folded in (window_right = 0)

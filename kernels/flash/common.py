@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634  # log2(e): scores go through exp2 with log2e folded into the scale
+LN2 = 0.6931471805599453  # ln(2): the natural-log LSE from the kernels' log2-domain one
 
 # Tests set this to True: every output/gradient buffer is NaN-filled instead of left
 # uninitialised, so a tile the kernel forgets to write fails loudly.

@@ -6,7 +6,10 @@ blocks, unmasked full blocks, masked edge blocks. With ``SPARSE`` (block-sparse 
 loop body walks the query block's CSR row instead (layout.py): its masked blocks, then its
 full blocks, each index block split into BLOCK_N-key tiles. Scores go through exp2 with log2(e)
 folded into the scale; tl.dot accumulates in fp32. Writes O ``[B, Hq, Nq, D]`` (q's
-dtype) and the natural-log row LSE ``[B, Hq, Nq]`` (fp32, -inf for empty rows).
+dtype) and the row LSE in the log2 domain of those scores, ``lse2 = LSE * log2(e)``
+``[B, Hq, Nq]`` (fp32, -inf for empty rows): the backward recomputes ``P = exp2(qk * qk_scale -
+lse2)`` with one FMA per score, and the public functions (interface.py) convert it back to the
+natural-log LSE (``lse2 * ln 2``) only where they return it.
 
 Documents (``DOCS``, documents.py): the dense / window key range is clipped to the rows'
 documents (common.kv_blocks_for_q_block) and edge tiles compare document starts. The sparse
@@ -43,7 +46,6 @@ from .common import (
 from .documents import DocumentBounds, no_documents_args
 from .layout import BlockSparseIndex, check_tiles, dense_launch_args
 
-LN2 = tl.constexpr(0.6931471805599453)  # ln(2): LSE back from the log2 domain
 _NO_SPECIALIZE = [
     "Nq", "Nk", "window_left", "window_right", "idx_head_stride", "lay_head_stride", "lay_kb",
     "stride_docb", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "sink",
@@ -241,13 +243,13 @@ def _fwd_kernel(
     empty = l_i == 0.0  # rows with no allowed key: O = 0, LSE = -inf
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))  # log2-domain LSE
 
     o_ptrs = (Out + b64 * stride_ob + h64 * stride_oh + start_m64 * stride_on
               + tl.arange(0, BLOCK_M)[:, None] * stride_on + offs_d[None, :])  # fmt: skip
     o_mask = (offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
-    tl.store(Lse + pid_bh.to(tl.int64) * Nq + offs_m, lse, mask=offs_m < Nq)
+    tl.store(Lse + pid_bh.to(tl.int64) * Nq + offs_m, lse2, mask=offs_m < Nq)
 
 
 # ----------------------------------------------------------------------------- launch
@@ -339,7 +341,8 @@ def flash_fwd(
     sink_causal: bool = False,
     softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel; returns O ``[B, Hq, Nq, D]`` (q.dtype) and LSE ``[B, Hq, Nq]`` fp32.
+    """Launch the forward kernel; returns O ``[B, Hq, Nq, D]`` (q.dtype) and the log2-domain LSE
+    ``lse2 = LSE * log2(e)`` ``[B, Hq, Nq]`` fp32 (-inf for empty rows), as ``flash_bwd`` takes it.
 
     On CUDA: autotuned over ``_FWD_CONFIGS``, or the fixed config when ``autotune=False``, or
     ``config`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) when given (tests, benchmarks).

@@ -569,6 +569,14 @@ def _split_ptrs(launch_args: dict) -> tuple[tuple, dict]:
     return (rest.pop("Bounds"), rest.pop("Idx"), rest.pop("Lay")), rest
 
 
+# Lean launch (common.lean_launch): which of (q, k, v, do, lse, delta, dq, dk, dv) each tensor argument
+# of the dK/dV and dQ kernels is; the unused sparse / document pointers are delta.
+_LEAN_ROLES = {
+    "Q": 0, "K": 1, "V": 2, "DO": 3, "Lse": 4, "Delta": 5, "DQ": 6, "DK": 7, "DV": 8,
+    "Bounds": 5, "Idx": 5, "Lay": 5, "DocStart": 5, "DocEnd": 5,
+}  # fmt: skip
+
+
 def launch_args(q, k, v, do, lse, delta, dq, dk, dv, scale, window_left, window_right, sparse=None, docs=None,
                 sink=0, sink_causal=False, softcap=None, interp=False):
     """(dK/dV positional args, dK/dV keyword args, dQ positional args, dQ keyword args) of the
@@ -614,7 +622,8 @@ def flash_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the three backward kernels; returns dq, dk, dv in the input dtypes.
 
-    On CUDA: autotuned, or fixed configs when ``autotune=False``, or ``configs`` =
+    On CUDA: autotuned (dense / window: through the lean launch path, ``common.lean_launch``, when
+    ``common.LEAN_LAUNCH``), or fixed configs when ``autotune=False``, or ``configs`` =
     (dkdv_config, dq_config), each (BLOCK_M, BLOCK_N, num_warps, num_stages), when given.
     ``sparse``: the compressed block-sparse layout the forward used (CSC for dK/dV, CSR for dQ).
     ``docs``, ``sink``, ``sink_causal``, ``softcap``: as the forward used them.
@@ -636,12 +645,22 @@ def flash_bwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block, HAS_DLSE=dlse is not None,
     )  # fmt: skip
 
+    dkdv_grid = lambda bm, bn: (cdiv(n_k, bn), batch * hkv)
+    dq_grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
+    if autotune and configs is None and sparse is None and docs is None and common.LEAN_LAUNCH and not interp:
+        key = ("bwd", q.shape, k.shape, q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(), dk.stride(),
+               dv.stride(), q.dtype, q.device, scale, window_left, window_right, sink, sink_causal, softcap)  # fmt: skip
+        build = lambda: launch_args(q, k, v, do, lse, delta, dq, dk, dv, scale, window_left, window_right, None,
+                                    None, sink, sink_causal, softcap, interp)  # fmt: skip
+        tensors = (q, k, v, do, lse, delta, dq, dk, dv)
+        common.lean_launch(_dkdv_autotuned, ("dkdv", *key), tensors, _LEAN_ROLES, lambda: build()[:2], dkdv_grid)
+        common.lean_launch(_dq_autotuned, ("dq", *key), tensors, _LEAN_ROLES, lambda: build()[2:], dq_grid)
+        return dq, dk, dv
+
     dkdv_args, dkdv_common, dq_args, dq_common = launch_args(
         q, k, v, do, lse, delta, dq, dk, dv, scale, window_left, window_right, sparse, docs, sink, sink_causal,
         softcap, interp,
     )  # fmt: skip
-    dkdv_grid = lambda bm, bn: (cdiv(n_k, bn), batch * hkv)
-    dq_grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
     g = sparse.index_block if sparse else 0
     if configs is not None and sparse:
         for cfg in configs:

@@ -309,6 +309,11 @@ _SPARSE_KEY = ("INDEX_BLOCK", "LAYOUT_MASK", "LAYOUT_BLOCK")
 _sparse_fwd_kernel_autotuned = _autotuned(_SPARSE_FWD_CONFIGS, _SPARSE_KEY)
 
 
+# Lean launch (common.lean_launch): which of (q, k, v, out, lse) each tensor argument is; the
+# unused sparse / document pointers are the LSE buffer (dense_launch_args, no_documents_args).
+_LEAN_ROLES = {"Q": 0, "K": 1, "V": 2, "Out": 3, "Lse": 4, "Bounds": 4, "Idx": 4, "Lay": 4, "DocStart": 4, "DocEnd": 4}
+
+
 def launch_args(q, k, v, out, lse, scale, window_left, window_right, sparse=None, docs=None, sink=0,
                 sink_causal=False, softcap=None, interp=False) -> dict:
     """The forward kernel's keyword arguments (all but BLOCK_M / BLOCK_N): what `flash_fwd`
@@ -344,7 +349,8 @@ def flash_fwd(
     """Launch the forward kernel; returns O ``[B, Hq, Nq, D]`` (q.dtype) and the log2-domain LSE
     ``lse2 = LSE * log2(e)`` ``[B, Hq, Nq]`` fp32 (-inf for empty rows), as ``flash_bwd`` takes it.
 
-    On CUDA: autotuned over ``_FWD_CONFIGS``, or the fixed config when ``autotune=False``, or
+    On CUDA: autotuned over ``_FWD_CONFIGS`` (dense / window: through the lean launch path,
+    ``common.lean_launch``, when ``common.LEAN_LAUNCH``), or the fixed config when ``autotune=False``, or
     ``config`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) when given (tests, benchmarks).
     ``sparse``: a compressed block-sparse layout (layout.py) built for these lengths and this
     window; its query blocks replace the window's key range. ``docs``: document bounds
@@ -361,11 +367,19 @@ def flash_fwd(
     if n_k == 0 or head_dim == 0:  # nothing to attend to: every row is empty
         return out.zero_(), lse.fill_(float("-inf"))
 
-    block_d = head_dim_block(head_dim)
     interp = interpreting()
+    grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
+    if autotune and config is None and sparse is None and docs is None and common.LEAN_LAUNCH and not interp:
+        key = ("fwd", q.shape, k.shape, q.stride(), k.stride(), v.stride(), out.stride(), q.dtype, q.device,
+               scale, window_left, window_right, sink, sink_causal, softcap)  # fmt: skip
+        build = lambda: ((), launch_args(q, k, v, out, lse, scale, window_left, window_right, None, None, sink,
+                                         sink_causal, softcap, interp))  # fmt: skip
+        common.lean_launch(_fwd_kernel_autotuned, key, (q, k, v, out, lse), _LEAN_ROLES, build, grid)
+        return out, lse
+
+    block_d = head_dim_block(head_dim)
     args = launch_args(q, k, v, out, lse, scale, window_left, window_right, sparse, docs, sink, sink_causal,
                        softcap, interp)  # fmt: skip
-    grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
     g = sparse.index_block if sparse else 0
     if config is not None and sparse:
         check_tiles(config[0], config[1], g, sparse.block_size)

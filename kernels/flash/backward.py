@@ -46,6 +46,7 @@ from .common import (
     load_tile,
     pair_mask,
     q_blocks_for_kv_block,
+    screened,
     shape_window_args,
     smem_bytes,
     sparse_bounds,
@@ -485,12 +486,14 @@ def _bwd_dq_kernel(
 # fitting ones, in this order, are also the fixed (non-autotuned) path's preference.
 _DKDV_CONFIGS = [
     (16, 128, 8, 3),
+    (16, 128, 8, 2),
+    (32, 128, 8, 1),
     (32, 128, 8, 2),
     (32, 128, 8, 3),
     (16, 64, 4, 3),
     (32, 64, 4, 3),
     (32, 32, 4, 2),
-]
+]  # 64-row query steps were screened too and spill at D = 64 and 128 (2026-12-02_regs_dkdv_steps)
 _DQ_CONFIGS = [
     (128, 32, 8, 3),
     (128, 64, 8, 3),
@@ -499,26 +502,43 @@ _DQ_CONFIGS = [
     (64, 64, 4, 3),
     (32, 32, 4, 2),
 ]
+# Dense 16-bit launches at these head-dim blocks use only these configs (autotuned, and in
+# _DKDV_CONFIGS / _DQ_CONFIGS order on the fixed path): <= 3 each, screened with the offline sm_90
+# report (experiments/kernel_bench/2026-12-02_regs_dkdv_steps): spill-free where any config is, else
+# the fewest spill bytes. Other head dims, fp32 and block-sparse launches keep every fitting config.
+_DKDV_SCREENED = {
+    64: {(16, 128, 8, 3), (32, 128, 8, 2), (16, 64, 4, 3)},  # no spills (but 32x128x8x2 window + softcap: 4 B)
+    128: {(16, 128, 8, 3), (16, 128, 8, 2), (32, 128, 8, 1)},  # 32, 4, 28 spill bytes (causal, bf16)
+}
+_DQ_SCREENED = {
+    64: {(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3)},  # no spills
+    128: {(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3)},  # no spills
+}
 # Block-sparse: tiles must divide the index block (16..128 tokens), so small tiles join the list.
-_SPARSE_DKDV_CONFIGS = _DKDV_CONFIGS + [(16, 32, 4, 2), (16, 16, 4, 2)]
+_SPARSE_DKDV_CONFIGS = [
+    (16, 128, 8, 3), (32, 128, 8, 2), (32, 128, 8, 3), (16, 64, 4, 3), (32, 64, 4, 3), (32, 32, 4, 2),
+    (16, 32, 4, 2), (16, 16, 4, 2),
+]  # fmt: skip
 _SPARSE_DQ_CONFIGS = _DQ_CONFIGS + [(32, 16, 4, 2), (16, 16, 4, 2)]
 _SMEM_LIMIT = 200 * 1024  # H100: 227 KB per block; the estimate below is rough
 
 
 def _dkdv_fits(
-    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2
+    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2, index_block: int = 0
 ) -> bool:
     acc_regs = 2 * block_n * block_d // (32 * warps)  # dK + dV fp32 registers per thread
     smem = smem_bytes(block_n, block_m, block_d, stages, elem) + block_n * block_d * elem
-    return smem <= _SMEM_LIMIT and acc_regs <= 128
+    return (smem <= _SMEM_LIMIT and acc_regs <= 128
+            and screened((block_m, block_n, warps, stages), _DKDV_SCREENED, block_d, elem, index_block))  # fmt: skip
 
 
 def _dq_fits(
-    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2
+    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2, index_block: int = 0
 ) -> bool:
     acc_regs = block_m * block_d // (32 * warps)  # dQ fp32 registers per thread
     smem = smem_bytes(block_m, block_n, block_d, stages, elem) + block_m * block_d * elem
-    return smem <= _SMEM_LIMIT and acc_regs <= 64
+    return (smem <= _SMEM_LIMIT and acc_regs <= 64
+            and screened((block_m, block_n, warps, stages), _DQ_SCREENED, block_d, elem, index_block))  # fmt: skip
 
 
 def _divides(block_m: int, block_n: int, index_block: int) -> bool:
@@ -530,7 +550,7 @@ def _fitting(configs, fits, block_d, elem=2, index_block=0):
     """Configs that pass ``fits`` (and divide ``index_block`` when block-sparse), in list order
     (the fixed path tries them in this order)."""
     ok = [cfg for cfg in configs if _divides(cfg[0], cfg[1], index_block)]
-    return [cfg for cfg in ok if fits(*cfg, block_d, elem)] or ok[-1:]
+    return [cfg for cfg in ok if fits(*cfg, block_d, elem, index_block)] or ok[-1:]
 
 
 def _make_prune(fits):
@@ -539,7 +559,7 @@ def _make_prune(fits):
         block_d, elem, g = named["BLOCK_D"], named["Q"].element_size(), named["INDEX_BLOCK"]
         meta = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
         ok = [c for c in configs if _divides(*meta(c)[:2], g)]
-        return [c for c in ok if fits(*meta(c), block_d, elem)] or ok[-1:]
+        return [c for c in ok if fits(*meta(c), block_d, elem, g)] or ok[-1:]
 
     return prune
 

@@ -141,6 +141,14 @@ def shape_window_args(q: torch.Tensor, k: torch.Tensor, scale: float, window_lef
     )  # fmt: skip
 
 
+def screened(config: tuple, table: dict, block_d: int, elem: int, index_block: int) -> bool:
+    """Whether ``config`` may launch: dense (``index_block == 0``) 16-bit launches at a head-dim
+    block listed in ``table`` (BLOCK_D -> configs screened offline for sm_90) take only its
+    configs; everything else is not restricted here."""
+    allowed = table.get(block_d) if index_block == 0 and elem == 2 else None
+    return allowed is None or config in allowed
+
+
 def autotune_bench(kernel_call, quantiles):
     """The autotuner's timing function (``triton.autotune(do_bench=...)``)."""
     return triton.testing.do_bench(kernel_call, warmup=AUTOTUNE_WARMUP_MS, rep=AUTOTUNE_REP_MS, quantiles=quantiles)
@@ -187,7 +195,7 @@ def lean_launch(tuned, key: tuple, tensors: tuple, roles: dict, build, grid) -> 
         args, kwargs = build()
         tuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **kwargs)
         config = tuned.best_config  # what Autotuner.run just launched with for this key
-        named = {**dict(zip(tuned.arg_names, args)), **kwargs, **config.kwargs}
+        named = {**dict(zip(tuned.arg_names, args, strict=False)), **kwargs, **config.kwargs}  # args: a prefix
         template = [named[name] for name in tuned.fn.arg_names]
         slots = []
         for pos, name in enumerate(tuned.fn.arg_names):

@@ -38,6 +38,7 @@ from .common import (
     launch_fixed,
     load_tile,
     pair_mask,
+    screened,
     shape_window_args,
     smem_bytes,
     sparse_bounds,
@@ -263,14 +264,23 @@ _FWD_CONFIGS = [
 ]  # fmt: skip
 # Block-sparse: tiles must divide the index block (16..128 tokens), so small tiles join the list.
 _SPARSE_FWD_CONFIGS = _FWD_CONFIGS + [(32, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)]
+# Dense 16-bit launches at these head-dim blocks use only these configs (autotuned, and in
+# _FWD_CONFIGS order on the fixed path): <= 3 each, screened with the offline sm_90 report
+# (experiments/kernel_bench/2026-12-02_regs_dkdv_steps). Other head dims, fp32 and block-sparse
+# launches keep every fitting config.
+_FWD_SCREENED = {
+    64: {(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)},  # no spills
+    128: {(128, 64, 8, 3), (64, 32, 4, 4), (64, 64, 8, 2)},  # no spills ((64, 64, 4, 3) spills 12 B)
+}
 _SMEM_LIMIT = 200 * 1024  # H100: 227 KB per block; the estimate below is rough
 
 
 def _fwd_fits(
-    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2
+    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2, index_block: int = 0
 ) -> bool:
     acc_regs = block_m * block_d // (32 * warps)  # fp32 accumulator registers per thread
-    return smem_bytes(block_m, block_n, block_d, stages, elem) <= _SMEM_LIMIT and acc_regs <= 64
+    return (smem_bytes(block_m, block_n, block_d, stages, elem) <= _SMEM_LIMIT and acc_regs <= 64
+            and screened((block_m, block_n, warps, stages), _FWD_SCREENED, block_d, elem, index_block))  # fmt: skip
 
 
 def _divides(block_m: int, block_n: int, index_block: int) -> bool:
@@ -283,7 +293,7 @@ def _fwd_prune(configs, named_args, **kwargs):
     block_d, elem, g = named["BLOCK_D"], named["Q"].element_size(), named["INDEX_BLOCK"]
     meta = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
     ok = [c for c in configs if _divides(*meta(c)[:2], g)]
-    return [c for c in ok if _fwd_fits(*meta(c), block_d, elem)] or ok[-1:]
+    return [c for c in ok if _fwd_fits(*meta(c), block_d, elem, g)] or ok[-1:]
 
 
 def fixed_fwd_configs(
@@ -293,7 +303,7 @@ def fixed_fwd_configs(
     ``index_block`` > 0 (block-sparse) keeps only tiles that divide it."""
     configs = _SPARSE_FWD_CONFIGS if index_block else _FWD_CONFIGS
     ok = [cfg for cfg in configs if _divides(cfg[0], cfg[1], index_block)]
-    return [cfg for cfg in ok if _fwd_fits(*cfg, block_d, elem)] or ok[-1:]
+    return [cfg for cfg in ok if _fwd_fits(*cfg, block_d, elem, index_block)] or ok[-1:]
 
 
 def _autotuned(configs, extra_key=()):

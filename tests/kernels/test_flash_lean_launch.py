@@ -7,7 +7,13 @@ fp32 inputs, because that branch does not upcast 16-bit tiles for the interprete
 """
 
 import torch
-from attnlab.kernels.flash import backward, common, flash_attention, flash_attention_reference, forward
+from attnlab.kernels.flash import (
+    backward,
+    common,
+    flash_attention,
+    flash_attention_reference,
+    forward,
+)
 from kernel_testing import DEVICE, KERNEL_MARKS
 
 pytestmark = KERNEL_MARKS
@@ -65,7 +71,7 @@ def test_lean_path_skips_the_autotuner_after_the_first_call_and_matches(monkeypa
         q, k, v, do = _inputs(seed)
         got = _run(q, k, v, do, **kw)
         want = _reference(q, k, v, do, **kw)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             finite = torch.isfinite(w)
             assert torch.equal(torch.isfinite(g), finite)
             torch.testing.assert_close(g[finite].double(), w[finite], atol=2e-4, rtol=2e-4)
@@ -86,7 +92,7 @@ def test_lean_path_equals_the_autotuner_path_bitwise(monkeypatch):
     monkeypatch.setattr(common, "LEAN_LAUNCH", True)
     _run(q, k, v, do, **kw)  # first call of the key: through the autotuner, recorded
     lean = _run(q, k, v, do, **kw)  # from the record
-    for a, b in zip(plain, lean):
+    for a, b in zip(plain, lean, strict=True):
         assert torch.equal(a, b)
 
 
@@ -98,11 +104,11 @@ def test_lean_path_keys_on_layout_and_aliasing(monkeypatch):
     qt = q.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()  # [B, H, N, D] view of BSHD
     got = _run(qt, k, v, do, causal=True)
     want = _reference(qt, k, v, do, causal=True)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g.double(), w, atol=2e-4, rtol=2e-4)
     assert runs["_fwd_kernel"] == 2
     q, k, v, do = _inputs(4, n=40, d=16, same_kv=True)
     got = _run(q, k, v, do, causal=True)
     want = _reference(q, k, v, do, causal=True)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g.double(), w, atol=2e-4, rtol=2e-4)

@@ -28,11 +28,10 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from attnlab.kernels.flash import backward, common, forward  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
-
-from attnlab.kernels.flash import backward, common, forward  # noqa: E402
 
 torch.set_num_threads(1)
 BACKEND = make_backend(GPUTarget("cuda", 90, 32))

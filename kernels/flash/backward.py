@@ -15,11 +15,14 @@ Block-sparse (``SPARSE``): the dK/dV pass walks each query head's CSC column of 
 Documents (``DOCS``): block ranges clipped and edge tiles masked as in the forward; the sparse
 walks skip tiles of other documents (dK/dV: query rows outside the key block's documents).
 
-With P = exp(S - LSE) recomputed from the saved LSE (S = scale * q kᵀ):
+With P = exp(S - LSE) recomputed from the saved LSE (S = scale * q kᵀ), in the log2 domain the
+forward stores it in: ``P = exp2(q kᵀ * qk_scale - lse2)`` with ``qk_scale = scale * log2(e)`` and
+``lse2 = LSE * log2(e)``, one FMA per score (the scale is folded into qk_scale, the LSE read as is):
     dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dSᵀ Q.
 Soft-capping (S = c tanh(scale * q kᵀ / c)) multiplies dS by 1 - tanh²; sinks widen the block
 ranges like the forward (dK/dV: a key block holding sink keys is seen by every later row).
-Rows with LSE = -inf (no allowed key) are read as LSE = +inf so that P = 0 there.
+Rows with LSE = -inf (no allowed key) are read as LSE = +inf so that P = 0 there. A gradient
+dLSE2 of the log2-domain LSE enters as ``delta -= dLSE2 * log2(e)`` (d lse2 / d S = log2(e) P).
 Shapes: q, dO, O ``[B, Hq, Nq, D]``; k, v ``[B, Hkv, Nk, D]``; LSE, delta ``[B, Hq, Nq]``.
 """
 
@@ -43,6 +46,7 @@ from .common import (
     load_tile,
     pair_mask,
     q_blocks_for_kv_block,
+    screened,
     shape_window_args,
     smem_bytes,
     sparse_bounds,
@@ -81,8 +85,8 @@ def _bwd_preprocess(
     do = tl.load(do_ptrs, mask=mask, other=0.0).to(tl.float32)
     delta = tl.sum(o * do, axis=1)  # [BLOCK_M]
     row = pid_bh.to(tl.int64) * Nq + offs_m
-    if HAS_DLSE:  # d LSE_i / d S_ij = P_ij, so a dLSE term folds into delta
-        delta -= tl.load(DLse + row, mask=offs_m < Nq, other=0.0)
+    if HAS_DLSE:  # d lse2_i / d S_ij = log2(e) P_ij, so a dLSE2 term folds into delta
+        delta -= tl.load(DLse + row, mask=offs_m < Nq, other=0.0) * _LOG2E
     tl.store(Delta + row, delta, mask=offs_m < Nq)
 
 
@@ -128,19 +132,19 @@ def _dkdv_query_blocks(
             else:
                 lse = tl.load(Lse_bh + rows)
                 delta = tl.load(Delta_bh + rows)
-            lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
+            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # log2 domain; empty rows: P = 0
             qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M] = Sᵀ/scale
             if SOFTCAP:
                 s_t = capped_scores(qk_t, cap_in, cap_out)  # log2 domain
+                e_t = s_t - lse[None, :]
             else:
-                s_t = qk_t * qk_scale
+                e_t = qk_t * qk_scale - lse[None, :]  # one FMA per score
             if MASKED:
                 ok = pair_mask(rows[None, :], cols[:, None], Nq, Nk, window_left, window_right,
                                Lay_h, lay_kb, DocStart_b, sink, HAS_WL, HAS_WR, LAYOUT_MASK,
                                LAYOUT_BLOCK, DOCS, HAS_SINK, SINK_CAUSAL)  # fmt: skip
-                p_t = tl.math.exp2(tl.where(ok, s_t, float("-inf")) - lse[None, :])
-            else:
-                p_t = tl.math.exp2(s_t - lse[None, :])  # [BLOCK_N, BLOCK_M]
+                e_t = tl.where(ok, e_t, float("-inf"))
+            p_t = tl.math.exp2(e_t)  # [BLOCK_N, BLOCK_M]
             dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # [BLOCK_N, BLOCK_M]
             ds_t = p_t * (dp_t - delta[None, :])
@@ -326,15 +330,15 @@ def _dq_key_blocks(
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
             if SOFTCAP:
                 sc = capped_scores(qk, cap_in, cap_out)  # log2 domain
+                e = sc - lse[:, None]
             else:
-                sc = qk * qk_scale
+                e = qk * qk_scale - lse[:, None]  # one FMA per score
             if MASKED:
                 ok = pair_mask(rows[:, None], cols[None, :], Nq, Nk, window_left, window_right,
                                Lay_h, lay_kb, DocStart_b, sink, HAS_WL, HAS_WR, LAYOUT_MASK,
                                LAYOUT_BLOCK, DOCS, HAS_SINK, SINK_CAUSAL)  # fmt: skip
-                p = tl.math.exp2(tl.where(ok, sc, float("-inf")) - lse[:, None])
-            else:
-                p = tl.math.exp2(sc - lse[:, None])
+                e = tl.where(ok, e, float("-inf"))
+            p = tl.math.exp2(e)  # [BLOCK_M, BLOCK_N]
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
             ds = p * (dp - delta[:, None])
             if SOFTCAP:  # d(c tanh(s / c)) / ds = 1 - tanh²
@@ -387,7 +391,7 @@ def _bwd_dq_kernel(
     do = load_tile(do_ptrs, rows, Nq, offs_d, HEAD_DIM, BLOCK_D, True, UPCAST)
     row_offs = pid_bh.to(tl.int64) * Nq + rows  # LSE / delta are contiguous [B, Hq, Nq]
     lse = tl.load(Lse + row_offs, mask=rows < Nq, other=0.0)  # [BLOCK_M]
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * _LOG2E
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # log2 domain; empty rows: P = 0
     delta = tl.load(Delta + row_offs, mask=rows < Nq, other=0.0)
 
     K_bh = K + b64 * stride_kb + hkv64 * stride_kh
@@ -482,12 +486,14 @@ def _bwd_dq_kernel(
 # fitting ones, in this order, are also the fixed (non-autotuned) path's preference.
 _DKDV_CONFIGS = [
     (16, 128, 8, 3),
+    (16, 128, 8, 2),
+    (32, 128, 8, 1),
     (32, 128, 8, 2),
     (32, 128, 8, 3),
     (16, 64, 4, 3),
     (32, 64, 4, 3),
     (32, 32, 4, 2),
-]
+]  # 64-row query steps were screened too and spill at D = 64 and 128 (2026-12-02_regs_dkdv_steps)
 _DQ_CONFIGS = [
     (128, 32, 8, 3),
     (128, 64, 8, 3),
@@ -496,26 +502,43 @@ _DQ_CONFIGS = [
     (64, 64, 4, 3),
     (32, 32, 4, 2),
 ]
+# Dense 16-bit launches at these head-dim blocks use only these configs (autotuned, and in
+# _DKDV_CONFIGS / _DQ_CONFIGS order on the fixed path): <= 3 each, screened with the offline sm_90
+# report (experiments/kernel_bench/2026-12-02_regs_dkdv_steps): spill-free where any config is, else
+# the fewest spill bytes. Other head dims, fp32 and block-sparse launches keep every fitting config.
+_DKDV_SCREENED = {
+    64: {(16, 128, 8, 3), (32, 128, 8, 2), (16, 64, 4, 3)},  # no spills (but 32x128x8x2 window + softcap: 4 B)
+    128: {(16, 128, 8, 3), (16, 128, 8, 2), (32, 128, 8, 1)},  # 32, 4, 28 spill bytes (causal, bf16)
+}
+_DQ_SCREENED = {
+    64: {(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3)},  # no spills
+    128: {(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3)},  # no spills
+}
 # Block-sparse: tiles must divide the index block (16..128 tokens), so small tiles join the list.
-_SPARSE_DKDV_CONFIGS = _DKDV_CONFIGS + [(16, 32, 4, 2), (16, 16, 4, 2)]
+_SPARSE_DKDV_CONFIGS = [
+    (16, 128, 8, 3), (32, 128, 8, 2), (32, 128, 8, 3), (16, 64, 4, 3), (32, 64, 4, 3), (32, 32, 4, 2),
+    (16, 32, 4, 2), (16, 16, 4, 2),
+]  # fmt: skip
 _SPARSE_DQ_CONFIGS = _DQ_CONFIGS + [(32, 16, 4, 2), (16, 16, 4, 2)]
 _SMEM_LIMIT = 200 * 1024  # H100: 227 KB per block; the estimate below is rough
 
 
 def _dkdv_fits(
-    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2
+    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2, index_block: int = 0
 ) -> bool:
     acc_regs = 2 * block_n * block_d // (32 * warps)  # dK + dV fp32 registers per thread
     smem = smem_bytes(block_n, block_m, block_d, stages, elem) + block_n * block_d * elem
-    return smem <= _SMEM_LIMIT and acc_regs <= 128
+    return (smem <= _SMEM_LIMIT and acc_regs <= 128
+            and screened((block_m, block_n, warps, stages), _DKDV_SCREENED, block_d, elem, index_block))  # fmt: skip
 
 
 def _dq_fits(
-    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2
+    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2, index_block: int = 0
 ) -> bool:
     acc_regs = block_m * block_d // (32 * warps)  # dQ fp32 registers per thread
     smem = smem_bytes(block_m, block_n, block_d, stages, elem) + block_m * block_d * elem
-    return smem <= _SMEM_LIMIT and acc_regs <= 64
+    return (smem <= _SMEM_LIMIT and acc_regs <= 64
+            and screened((block_m, block_n, warps, stages), _DQ_SCREENED, block_d, elem, index_block))  # fmt: skip
 
 
 def _divides(block_m: int, block_n: int, index_block: int) -> bool:
@@ -527,7 +550,7 @@ def _fitting(configs, fits, block_d, elem=2, index_block=0):
     """Configs that pass ``fits`` (and divide ``index_block`` when block-sparse), in list order
     (the fixed path tries them in this order)."""
     ok = [cfg for cfg in configs if _divides(cfg[0], cfg[1], index_block)]
-    return [cfg for cfg in ok if fits(*cfg, block_d, elem)] or ok[-1:]
+    return [cfg for cfg in ok if fits(*cfg, block_d, elem, index_block)] or ok[-1:]
 
 
 def _make_prune(fits):
@@ -536,7 +559,7 @@ def _make_prune(fits):
         block_d, elem, g = named["BLOCK_D"], named["Q"].element_size(), named["INDEX_BLOCK"]
         meta = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
         ok = [c for c in configs if _divides(*meta(c)[:2], g)]
-        return [c for c in ok if fits(*meta(c), block_d, elem)] or ok[-1:]
+        return [c for c in ok if fits(*meta(c), block_d, elem, g)] or ok[-1:]
 
     return prune
 
@@ -564,6 +587,14 @@ def _split_ptrs(launch_args: dict) -> tuple[tuple, dict]:
     """((Bounds, Idx, Lay), the other launch arguments)."""
     rest = dict(launch_args)
     return (rest.pop("Bounds"), rest.pop("Idx"), rest.pop("Lay")), rest
+
+
+# Lean launch (common.lean_launch): which of (q, k, v, do, lse, delta, dq, dk, dv) each tensor argument
+# of the dK/dV and dQ kernels is; the unused sparse / document pointers are delta.
+_LEAN_ROLES = {
+    "Q": 0, "K": 1, "V": 2, "DO": 3, "Lse": 4, "Delta": 5, "DQ": 6, "DK": 7, "DV": 8,
+    "Bounds": 5, "Idx": 5, "Lay": 5, "DocStart": 5, "DocEnd": 5,
+}  # fmt: skip
 
 
 def launch_args(q, k, v, do, lse, delta, dq, dk, dv, scale, window_left, window_right, sparse=None, docs=None,
@@ -596,8 +627,8 @@ def flash_bwd(
     k: torch.Tensor,  # [B, Hkv, Nk, D]
     v: torch.Tensor,  # [B, Hkv, Nk, D]
     out: torch.Tensor,  # [B, Hq, Nq, D]
-    lse: torch.Tensor,  # [B, Hq, Nq] fp32 contiguous
-    dlse: torch.Tensor | None,  # [B, Hq, Nq] or None
+    lse: torch.Tensor,  # [B, Hq, Nq] fp32 contiguous, log2 domain (flash_fwd's lse2)
+    dlse: torch.Tensor | None,  # [B, Hq, Nq] gradient of that lse2, or None
     scale: float,
     window_left: int | None,
     window_right: int | None,  # causal already folded in (window_right = 0)
@@ -611,7 +642,8 @@ def flash_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the three backward kernels; returns dq, dk, dv in the input dtypes.
 
-    On CUDA: autotuned, or fixed configs when ``autotune=False``, or ``configs`` =
+    On CUDA: autotuned (dense / window: through the lean launch path, ``common.lean_launch``, when
+    ``common.LEAN_LAUNCH``), or fixed configs when ``autotune=False``, or ``configs`` =
     (dkdv_config, dq_config), each (BLOCK_M, BLOCK_N, num_warps, num_stages), when given.
     ``sparse``: the compressed block-sparse layout the forward used (CSC for dK/dV, CSR for dQ).
     ``docs``, ``sink``, ``sink_causal``, ``softcap``: as the forward used them.
@@ -633,12 +665,22 @@ def flash_bwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block, HAS_DLSE=dlse is not None,
     )  # fmt: skip
 
+    dkdv_grid = lambda bm, bn: (cdiv(n_k, bn), batch * hkv)
+    dq_grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
+    if autotune and configs is None and sparse is None and docs is None and common.LEAN_LAUNCH and not interp:
+        key = ("bwd", q.shape, k.shape, q.stride(), k.stride(), v.stride(), do.stride(), dq.stride(), dk.stride(),
+               dv.stride(), q.dtype, q.device, scale, window_left, window_right, sink, sink_causal, softcap)  # fmt: skip
+        build = lambda: launch_args(q, k, v, do, lse, delta, dq, dk, dv, scale, window_left, window_right, None,
+                                    None, sink, sink_causal, softcap, interp)  # fmt: skip
+        tensors = (q, k, v, do, lse, delta, dq, dk, dv)
+        common.lean_launch(_dkdv_autotuned, ("dkdv", *key), tensors, _LEAN_ROLES, lambda: build()[:2], dkdv_grid)
+        common.lean_launch(_dq_autotuned, ("dq", *key), tensors, _LEAN_ROLES, lambda: build()[2:], dq_grid)
+        return dq, dk, dv
+
     dkdv_args, dkdv_common, dq_args, dq_common = launch_args(
         q, k, v, do, lse, delta, dq, dk, dv, scale, window_left, window_right, sparse, docs, sink, sink_causal,
         softcap, interp,
     )  # fmt: skip
-    dkdv_grid = lambda bm, bn: (cdiv(n_k, bn), batch * hkv)
-    dq_grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
     g = sparse.index_block if sparse else 0
     if configs is not None and sparse:
         for cfg in configs:

@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634  # log2(e): scores go through exp2 with log2e folded into the scale
+LN2 = 0.6931471805599453  # ln(2): the natural-log LSE from the kernels' log2-domain one
 
 # Tests set this to True: every output/gradient buffer is NaN-filled instead of left
 # uninitialised, so a tile the kernel forgets to write fails loudly.
@@ -140,6 +141,14 @@ def shape_window_args(q: torch.Tensor, k: torch.Tensor, scale: float, window_lef
     )  # fmt: skip
 
 
+def screened(config: tuple, table: dict, block_d: int, elem: int, index_block: int) -> bool:
+    """Whether ``config`` may launch: dense (``index_block == 0``) 16-bit launches at a head-dim
+    block listed in ``table`` (BLOCK_D -> configs screened offline for sm_90) take only its
+    configs; everything else is not restricted here."""
+    allowed = table.get(block_d) if index_block == 0 and elem == 2 else None
+    return allowed is None or config in allowed
+
+
 def autotune_bench(kernel_call, quantiles):
     """The autotuner's timing function (``triton.autotune(do_bench=...)``)."""
     return triton.testing.do_bench(kernel_call, warmup=AUTOTUNE_WARMUP_MS, rep=AUTOTUNE_REP_MS, quantiles=quantiles)
@@ -154,6 +163,58 @@ def autotuned(kernel, configs, key, prune):
         do_bench=autotune_bench,
         cache_results=True,
     )(kernel)
+
+
+# ----------------------------------------------------------------------------- lean launch
+
+# The lean launch path of the autotuned dense / window kernels (no block-sparse index, no
+# documents): the first call of a static key goes through ``Autotuner.run`` as before and records
+# the config it chose and the kernel's argument list in signature order; later calls with that key
+# fill in their tensors and launch the plain JIT kernel with that config (no ``Autotuner.run``, no
+# kwargs dict, no ``launch_args``). Triton's own argument binder still runs on every launch.
+# False: every call takes the plain path (``launch_args`` + ``Autotuner.run``), for old-vs-new
+# host-overhead comparisons on a GPU.
+LEAN_LAUNCH = True
+_LEAN_MAX_ENTRIES = 1024  # a bound on the cache when shapes keep changing (it is then cleared)
+_LEAN: dict[tuple, tuple] = {}
+
+
+def lean_launch(tuned, key: tuple, tensors: tuple, roles: dict, build, grid) -> None:
+    """Launch ``tuned`` (a ``triton.autotune`` of a JIT kernel) for the call whose tensors are
+    ``tensors``.
+
+    key: everything the non-tensor arguments depend on (shapes, strides, dtype, scale, window,
+        sink, soft-cap; the caller's choice), plus a kernel name.
+    roles: kernel argument name -> index into ``tensors`` of every tensor argument (dummy
+        pointers included), checked against ``build()`` on the first call of a key.
+    build(): (positional args, keyword args) as the plain path launches them, for this call.
+    grid(block_m, block_n): the launch grid.
+    """
+    entry = _LEAN.get(key)
+    if entry is None:
+        args, kwargs = build()
+        tuned[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **kwargs)
+        config = tuned.best_config  # what Autotuner.run just launched with for this key
+        named = {**dict(zip(tuned.arg_names, args, strict=False)), **kwargs, **config.kwargs}  # args: a prefix
+        template = [named[name] for name in tuned.fn.arg_names]
+        slots = []
+        for pos, name in enumerate(tuned.fn.arg_names):
+            if isinstance(template[pos], torch.Tensor):
+                index = roles.get(name)
+                if index is None or template[pos] is not tensors[index]:
+                    raise RuntimeError(f"lean launch: kernel argument {name} has no role in the call's tensors")
+                template[pos] = None  # no reference to this call's tensors stays in the cache
+                slots.append((pos, index))
+        launch = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        if len(_LEAN) >= _LEAN_MAX_ENTRIES:
+            _LEAN.clear()
+        _LEAN[key] = (template, tuple(slots), grid(config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]), launch)
+        return
+    template, slots, grid_size, launch = entry
+    args = template.copy()
+    for pos, index in slots:
+        args[pos] = tensors[index]
+    tuned.fn[grid_size](*args, **launch)
 
 
 def cdiv(a: int, b: int) -> int:

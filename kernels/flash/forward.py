@@ -6,7 +6,10 @@ blocks, unmasked full blocks, masked edge blocks. With ``SPARSE`` (block-sparse 
 loop body walks the query block's CSR row instead (layout.py): its masked blocks, then its
 full blocks, each index block split into BLOCK_N-key tiles. Scores go through exp2 with log2(e)
 folded into the scale; tl.dot accumulates in fp32. Writes O ``[B, Hq, Nq, D]`` (q's
-dtype) and the natural-log row LSE ``[B, Hq, Nq]`` (fp32, -inf for empty rows).
+dtype) and the row LSE in the log2 domain of those scores, ``lse2 = LSE * log2(e)``
+``[B, Hq, Nq]`` (fp32, -inf for empty rows): the backward recomputes ``P = exp2(qk * qk_scale -
+lse2)`` with one FMA per score, and the public functions (interface.py) convert it back to the
+natural-log LSE (``lse2 * ln 2``) only where they return it.
 
 Documents (``DOCS``, documents.py): the dense / window key range is clipped to the rows'
 documents (common.kv_blocks_for_q_block) and edge tiles compare document starts. The sparse
@@ -35,6 +38,7 @@ from .common import (
     launch_fixed,
     load_tile,
     pair_mask,
+    screened,
     shape_window_args,
     smem_bytes,
     sparse_bounds,
@@ -43,7 +47,6 @@ from .common import (
 from .documents import DocumentBounds, no_documents_args
 from .layout import BlockSparseIndex, check_tiles, dense_launch_args
 
-LN2 = tl.constexpr(0.6931471805599453)  # ln(2): LSE back from the log2 domain
 _NO_SPECIALIZE = [
     "Nq", "Nk", "window_left", "window_right", "idx_head_stride", "lay_head_stride", "lay_kb",
     "stride_docb", "NQ_KEY", "NK_KEY", "WL_KEY", "WR_KEY", "sink",
@@ -241,13 +244,13 @@ def _fwd_kernel(
     empty = l_i == 0.0  # rows with no allowed key: O = 0, LSE = -inf
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))  # log2-domain LSE
 
     o_ptrs = (Out + b64 * stride_ob + h64 * stride_oh + start_m64 * stride_on
               + tl.arange(0, BLOCK_M)[:, None] * stride_on + offs_d[None, :])  # fmt: skip
     o_mask = (offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
-    tl.store(Lse + pid_bh.to(tl.int64) * Nq + offs_m, lse, mask=offs_m < Nq)
+    tl.store(Lse + pid_bh.to(tl.int64) * Nq + offs_m, lse2, mask=offs_m < Nq)
 
 
 # ----------------------------------------------------------------------------- launch
@@ -261,14 +264,23 @@ _FWD_CONFIGS = [
 ]  # fmt: skip
 # Block-sparse: tiles must divide the index block (16..128 tokens), so small tiles join the list.
 _SPARSE_FWD_CONFIGS = _FWD_CONFIGS + [(32, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)]
+# Dense 16-bit launches at these head-dim blocks use only these configs (autotuned, and in
+# _FWD_CONFIGS order on the fixed path): <= 3 each, screened with the offline sm_90 report
+# (experiments/kernel_bench/2026-12-02_regs_dkdv_steps). Other head dims, fp32 and block-sparse
+# launches keep every fitting config.
+_FWD_SCREENED = {
+    64: {(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)},  # no spills
+    128: {(128, 64, 8, 3), (64, 32, 4, 4), (64, 64, 8, 2)},  # no spills ((64, 64, 4, 3) spills 12 B)
+}
 _SMEM_LIMIT = 200 * 1024  # H100: 227 KB per block; the estimate below is rough
 
 
 def _fwd_fits(
-    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2
+    block_m: int, block_n: int, warps: int, stages: int, block_d: int, elem: int = 2, index_block: int = 0
 ) -> bool:
     acc_regs = block_m * block_d // (32 * warps)  # fp32 accumulator registers per thread
-    return smem_bytes(block_m, block_n, block_d, stages, elem) <= _SMEM_LIMIT and acc_regs <= 64
+    return (smem_bytes(block_m, block_n, block_d, stages, elem) <= _SMEM_LIMIT and acc_regs <= 64
+            and screened((block_m, block_n, warps, stages), _FWD_SCREENED, block_d, elem, index_block))  # fmt: skip
 
 
 def _divides(block_m: int, block_n: int, index_block: int) -> bool:
@@ -281,7 +293,7 @@ def _fwd_prune(configs, named_args, **kwargs):
     block_d, elem, g = named["BLOCK_D"], named["Q"].element_size(), named["INDEX_BLOCK"]
     meta = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
     ok = [c for c in configs if _divides(*meta(c)[:2], g)]
-    return [c for c in ok if _fwd_fits(*meta(c), block_d, elem)] or ok[-1:]
+    return [c for c in ok if _fwd_fits(*meta(c), block_d, elem, g)] or ok[-1:]
 
 
 def fixed_fwd_configs(
@@ -291,7 +303,7 @@ def fixed_fwd_configs(
     ``index_block`` > 0 (block-sparse) keeps only tiles that divide it."""
     configs = _SPARSE_FWD_CONFIGS if index_block else _FWD_CONFIGS
     ok = [cfg for cfg in configs if _divides(cfg[0], cfg[1], index_block)]
-    return [cfg for cfg in ok if _fwd_fits(*cfg, block_d, elem)] or ok[-1:]
+    return [cfg for cfg in ok if _fwd_fits(*cfg, block_d, elem, index_block)] or ok[-1:]
 
 
 def _autotuned(configs, extra_key=()):
@@ -305,6 +317,11 @@ def _autotuned(configs, extra_key=()):
 _fwd_kernel_autotuned = _autotuned(_FWD_CONFIGS)
 _SPARSE_KEY = ("INDEX_BLOCK", "LAYOUT_MASK", "LAYOUT_BLOCK")
 _sparse_fwd_kernel_autotuned = _autotuned(_SPARSE_FWD_CONFIGS, _SPARSE_KEY)
+
+
+# Lean launch (common.lean_launch): which of (q, k, v, out, lse) each tensor argument is; the
+# unused sparse / document pointers are the LSE buffer (dense_launch_args, no_documents_args).
+_LEAN_ROLES = {"Q": 0, "K": 1, "V": 2, "Out": 3, "Lse": 4, "Bounds": 4, "Idx": 4, "Lay": 4, "DocStart": 4, "DocEnd": 4}
 
 
 def launch_args(q, k, v, out, lse, scale, window_left, window_right, sparse=None, docs=None, sink=0,
@@ -339,9 +356,11 @@ def flash_fwd(
     sink_causal: bool = False,
     softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel; returns O ``[B, Hq, Nq, D]`` (q.dtype) and LSE ``[B, Hq, Nq]`` fp32.
+    """Launch the forward kernel; returns O ``[B, Hq, Nq, D]`` (q.dtype) and the log2-domain LSE
+    ``lse2 = LSE * log2(e)`` ``[B, Hq, Nq]`` fp32 (-inf for empty rows), as ``flash_bwd`` takes it.
 
-    On CUDA: autotuned over ``_FWD_CONFIGS``, or the fixed config when ``autotune=False``, or
+    On CUDA: autotuned over ``_FWD_CONFIGS`` (dense / window: through the lean launch path,
+    ``common.lean_launch``, when ``common.LEAN_LAUNCH``), or the fixed config when ``autotune=False``, or
     ``config`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) when given (tests, benchmarks).
     ``sparse``: a compressed block-sparse layout (layout.py) built for these lengths and this
     window; its query blocks replace the window's key range. ``docs``: document bounds
@@ -358,11 +377,19 @@ def flash_fwd(
     if n_k == 0 or head_dim == 0:  # nothing to attend to: every row is empty
         return out.zero_(), lse.fill_(float("-inf"))
 
-    block_d = head_dim_block(head_dim)
     interp = interpreting()
+    grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
+    if autotune and config is None and sparse is None and docs is None and common.LEAN_LAUNCH and not interp:
+        key = ("fwd", q.shape, k.shape, q.stride(), k.stride(), v.stride(), out.stride(), q.dtype, q.device,
+               scale, window_left, window_right, sink, sink_causal, softcap)  # fmt: skip
+        build = lambda: ((), launch_args(q, k, v, out, lse, scale, window_left, window_right, None, None, sink,
+                                         sink_causal, softcap, interp))  # fmt: skip
+        common.lean_launch(_fwd_kernel_autotuned, key, (q, k, v, out, lse), _LEAN_ROLES, build, grid)
+        return out, lse
+
+    block_d = head_dim_block(head_dim)
     args = launch_args(q, k, v, out, lse, scale, window_left, window_right, sparse, docs, sink, sink_causal,
                        softcap, interp)  # fmt: skip
-    grid = lambda bm, bn: (cdiv(n_q, bm), batch * hq)
     g = sparse.index_block if sparse else 0
     if config is not None and sparse:
         check_tiles(config[0], config[1], g, sparse.block_size)

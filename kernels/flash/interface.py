@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .backward import flash_bwd
-from .common import interpreting, stride_last_one
+from .common import LN2, interpreting, stride_last_one
 from .documents import DocumentBounds, check_doc_ids, document_bounds
 from .forward import flash_fwd
 from .layout import BlockSparseIndex, build_index_fixed, check_layout, compress_layout
@@ -23,7 +23,8 @@ MAX_HEAD_DIM = 256
 
 
 class FlashAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper; outputs (O ``[B, Hq, Nq, D]``, LSE ``[B, Hq, Nq]`` fp32), both differentiable."""
+    """Autograd wrapper; outputs (O ``[B, Hq, Nq, D]``, lse2 ``[B, Hq, Nq]`` fp32), both differentiable.
+    lse2 is the log2-domain LSE the kernels keep (``LSE * log2(e)``); ``natural_lse`` converts it."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale, window_left, window_right, deterministic, sparse=None, docs=None,
@@ -142,10 +143,10 @@ def flash_attention(
     extras = _extras(sink, softcap, causal)
     # causal is the window bound j <= p, i.e. window_right = 0 (tighter than any window_right >= 0).
     eff_right = 0 if causal else window_right
-    out, lse = FlashAttentionFunction.apply(
+    out, lse2 = FlashAttentionFunction.apply(
         q, k, v, scale, window_left, eff_right, bool(deterministic), None, docs, extras
     )
-    return (out, lse) if return_lse else out
+    return (out, natural_lse(lse2)) if return_lse else out
 
 
 def block_sparse_attention(
@@ -229,10 +230,16 @@ def block_sparse_attention(
             layout, block_size, n_q, n_k, window_left, eff_right, q.device,
             sink=extras["sink"], sink_causal=extras["sink_causal"],
         )  # fmt: skip
-    out, lse = FlashAttentionFunction.apply(
+    out, lse2 = FlashAttentionFunction.apply(
         q, k, v, scale, window_left, eff_right, bool(deterministic), sparse, docs, extras
     )
-    return (out, lse) if return_lse else out
+    return (out, natural_lse(lse2)) if return_lse else out
+
+
+def natural_lse(lse2: Tensor) -> Tensor:
+    """The natural-log LSE from the kernels' log2-domain one (-inf stays -inf); differentiable,
+    so a gradient of the returned LSE reaches the backward as ``dlse2 = dlse * ln 2``."""
+    return lse2 * LN2
 
 
 def _extras(sink: int, softcap: float | None, causal: bool) -> dict:

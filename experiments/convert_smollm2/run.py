@@ -226,15 +226,39 @@ def report(out: Path, plan: Plan) -> dict:
                      "attn_flops_per_token": g[0]["attn_flops_per_token"],
                      "attn_flops_vs_dense": g[0]["attn_flops_per_token"] / dense["attn_flops_per_token"],
                      "lr": None if m == "untrained" else g[0]["heal"]["lr"]})
+    contrasts = method_contrasts(groups, dense)
     lr_choice = json.loads((out / "lr_choice.json").read_text()) if (out / "lr_choice.json").exists() else {}
     sweep_rows = [{"method": r["heal"]["method"], "lr": r["heal"]["lr"], "val_bpb": r["val_bpb"]}
                   for r in _runs(out) if r["split"] == "tune" and r["heal"] is not None]
-    record = {"plan": plan.__dict__, "dense_val_bpb": dense["val_bpb"], "rows": rows, "lr_choice": lr_choice,
-              "lr_sweep": sweep_rows}
+    record = {"plan": plan.__dict__, "dense_val_bpb": dense["val_bpb"], "rows": rows, "contrasts": contrasts,
+              "lr_choice": lr_choice, "lr_sweep": sweep_rows}
     (out / "report.json").write_text(json.dumps(record, indent=1))
     (out / "report.md").write_text(markdown(record))
     plot(groups, dense, out / "bpb_by_position.png")
     return record
+
+
+def method_contrasts(groups: dict, dense: dict) -> list[dict]:
+    """Healing methods against each other, per conversion, paired by window (each window's bpb
+    averaged over seeds): ``kd - ce`` with each measured against its own dense reference
+    (KD: the original, which KD leaves unchanged; CE: dense healed by CE, which also adapts to
+    the corpus), and ``match_kd - kd`` directly."""
+    def window(key):
+        return np.mean([r["window_bpb"] for r in groups[key]], axis=0) if key in groups else None
+
+    ref = {"kd": np.asarray(dense["window_bpb"]), "ce": window(("dense", "ce"))}
+    out = []
+    for c in sorted({c for c, _ in groups} - {"dense"}):
+        kd, ce, mkd = window((c, "kd")), window((c, "ce")), window((c, "match_kd"))
+        if kd is not None and ce is not None and ref["ce"] is not None:
+            d = paired_difference(dict(enumerate((kd - ref["kd"]) - (ce - ref["ce"]))), dict.fromkeys(range(len(kd)), 0.0))
+            out.append({"conversion": c, "contrast": "kd - ce (each vs its dense reference)", "mean": d.mean,
+                        "ci": [d.low, d.high], "text": d.describe()})
+        if mkd is not None and kd is not None:
+            d = paired_difference(dict(enumerate(mkd)), dict(enumerate(kd)))
+            out.append({"conversion": c, "contrast": "match_kd - kd", "mean": d.mean, "ci": [d.low, d.high],
+                        "text": d.describe()})
+    return out
 
 
 def markdown(record: dict) -> str:
@@ -255,7 +279,10 @@ def markdown(record: dict) -> str:
         lines.append(f"| {r['conversion']} | {r['method']} | {r['seeds']} | {lr} | {r['val_bpb']:.3f}{sd} | {ci} | "
                      f"{alike} | {healed} | {within} | {' | '.join(keys)} | {r['attn_flops_vs_dense']:.2f} |")
     sweep = "\n".join(f"| {s['method']} | {s['lr']:g} | {s['val_bpb']:.4f} |" for s in record["lr_sweep"])
+    contrasts = "\n".join(f"| {c['conversion']} | {c['contrast']} | {c['text']} |" for c in record["contrasts"])
     return (f"Dense original: {record['dense_val_bpb']:.4f} bpb on the test windows.\n\n" + "\n".join(lines) +
+            "\n\nHealing methods against each other (bpb, 95% CI paired by window; negative: the first is better):\n\n"
+            "| conversion | contrast | difference |\n|---|---|---|\n" + contrasts +
             f"\n\nLearning-rate sweep (tune windows, seed 0; chosen: {record['lr_choice']}):\n\n"
             "| method | lr | val bpb |\n|---|---|---|\n" + sweep + "\n")
 

@@ -97,9 +97,9 @@ def _fit(student, step_loss, corpus, cfg: TrainConfig, run_dir: Path, record: di
             "seconds": fitted.elapsed_s}
 
 
-def heal(student: Transformer, teacher: Transformer, heal: Heal, corpus, run_dir, device: str = "cpu") -> dict:
-    """Train ``student`` in place by ``heal`` on ``corpus`` (whose config seed should be
-    ``heal.seed``); ``teacher`` is the dense original (KD targets, matching inputs). Stages
+def heal(student: Transformer, teacher: Transformer, how: Heal, corpus, run_dir, device: str = "cpu") -> dict:
+    """Train ``student`` in place by ``how`` on ``corpus`` (whose config seed should be
+    ``how.seed``); ``teacher`` is the dense original (KD targets, matching inputs). Stages
     write under ``run_dir`` (``<run_dir>/<stage>``). Returns each stage's summary."""
     run_dir = Path(run_dir)
     teacher.eval()
@@ -107,7 +107,7 @@ def heal(student: Transformer, teacher: Transformer, heal: Heal, corpus, run_dir
         p.requires_grad_(False)
     student.train()
     stages = {}
-    record = {"heal": heal.__dict__, "attention": student.config.attention,
+    record = {"heal": how.__dict__, "attention": student.config.attention,
               "layer_pattern": student.config.layer_pattern}
 
     def ce(batch: Batch, model, _extra) -> dict:
@@ -128,15 +128,15 @@ def heal(student: Transformer, teacher: Transformer, heal: Heal, corpus, run_dir
         return {"loss": out["loss"]}
 
     match_params = [f"layers.{i}.self_attn.*" for i in layers]
-    if heal.method in ("match", "match_kd"):
-        steps, lr = (heal.match_steps, heal.match_lr) if heal.method == "match_kd" else (heal.steps, heal.lr)
-        stages["match"] = _fit(student, match, corpus, _train_config(steps, lr, heal, device, match_params),
+    if how.method in ("match", "match_kd"):
+        steps, lr = (how.match_steps, how.match_lr) if how.method == "match_kd" else (how.steps, how.lr)
+        stages["match"] = _fit(student, match, corpus, _train_config(steps, lr, how, device, match_params),
                                run_dir / "match", record)
-    if heal.method in ("kd", "match_kd"):
-        stages["kd"] = _fit(student, kd, corpus, _train_config(heal.steps, heal.lr, heal, device, "attention"),
+    if how.method in ("kd", "match_kd"):
+        stages["kd"] = _fit(student, kd, corpus, _train_config(how.steps, how.lr, how, device, "attention"),
                             run_dir / "kd", record)
-    if heal.method == "ce":
-        stages["ce"] = _fit(student, ce, corpus, _train_config(heal.steps, heal.lr, heal, device, "attention"),
+    if how.method == "ce":
+        stages["ce"] = _fit(student, ce, corpus, _train_config(how.steps, how.lr, how, device, "attention"),
                             run_dir / "ce", record)
     student.eval()
     return stages

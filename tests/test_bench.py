@@ -348,7 +348,10 @@ def test_entry_point_interrupted_reports_the_cases_so_far(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "attnlab.bench", "device=cpu", "impls=[reference]", "baseline=null",
                              "seq_lens=[16,4096,4096,4096]", "modes=[fwd]", "warmup_ms=1", "rep_ms=200", "plot=false",
                              f"hydra.run.dir={out}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # a shell's background job (`make test &`) ignores SIGINT and so would the
+                            # child: give it the default, which Python turns into KeyboardInterrupt
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Wait for the first measured row (the event), however slow the machine: the bound only
     # catches a process that hangs, it is not a guess at how fast a busy 2-core box is.
     deadline = time.monotonic() + 900

@@ -21,7 +21,6 @@ DIR/breakdown.csv and DIR/breakdown.md after every head dim. CUDA only.
 from __future__ import annotations
 
 import statistics
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from attnlab.bench.runs import (
     free_memory,
     reason,
     require_cuda,
+    run_cli,
     write_table,
 )
 from attnlab.errors import ArgumentParser
@@ -230,17 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=BreakdownConfig.reps)
     parser.add_argument("--warmup", type=int, default=BreakdownConfig.warmup)
     args = parser.parse_args(argv)
-    try:
+
+    def measure() -> list[dict]:
         cfg = BreakdownConfig(args.seq_len, tuple(args.head_dims), args.batch, args.heads, args.dtype, args.reps,
                               args.warmup)
-        rows = run(cfg, args.out)
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # the stage's time cap: the table holds the head dims measured
-        print(f"interrupted; {args.out / 'breakdown.csv'} holds what was measured", file=sys.stderr)
-        return 130
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+        return run(cfg, args.out)
+
+    return run_cli(measure, args.out / "breakdown.csv")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from attnlab.bench.runs import (
     free_memory,
     reason,
     require_cuda,
+    run_cli,
     write_table,
 )
 from attnlab.errors import ArgumentParser
@@ -185,18 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: checks the harness only")
     args = parser.parse_args(argv)
-    try:
+
+    def measure() -> list[dict]:
         cfg = E2EConfig(args.seq_len, args.layers, args.d_model, args.heads, args.vocab, args.batch,
                         tuple(args.impls), tuple(args.attention), args.warmup_steps, args.steps)
         device = require_cuda("e2e --device cuda") if args.device == "cuda" else torch.device("cpu")
-        rows = run(cfg, args.out, device)
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; {args.out / 'e2e.csv'} holds what was measured", file=sys.stderr)
-        return 130
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+        return run(cfg, args.out, device)
+
+    return run_cli(measure, args.out / "e2e.csv")
 
 
 if __name__ == "__main__":

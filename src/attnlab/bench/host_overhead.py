@@ -16,7 +16,6 @@ DIR/host_overhead.csv and .md as they come. ``--device cpu`` checks the harness 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from attnlab.bench.runs import (
     free_memory,
     reason,
     require_cuda,
+    run_cli,
     write_table,
 )
 from attnlab.errors import ArgumentParser
@@ -168,18 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-graphs", action="store_true", help="eager rows only")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: checks the harness only")
     args = parser.parse_args(argv)
-    try:
+
+    def measure() -> list[dict]:
         cfg = HostConfig(args.seq_len, tuple(args.head_dims), args.batch, args.heads, args.dtype, tuple(args.impls),
                          args.calls, args.warmup, (False,) if args.no_graphs else (False, True))
         device = require_cuda("host_overhead --device cuda") if args.device == "cuda" else torch.device("cpu")
-        rows = run(cfg, args.out, device)
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; {args.out / 'host_overhead.csv'} holds what was measured", file=sys.stderr)
-        return 130
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+        return run(cfg, args.out, device)
+
+    return run_cli(measure, args.out / "host_overhead.csv")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import gc
 import io
 import math
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -110,3 +111,19 @@ def write_table(rows: Sequence[dict], columns: Sequence[str], out_dir: Path, ste
     tail = "".join(f"\n{n}\n" for n in notes)
     _atomic_write(md_path, head + markdown_table(rows, columns) + tail)
     return csv_path, md_path
+
+
+def run_cli(measure: Callable[[], list[dict]], csv_path: Path) -> int:
+    """A module's ``main`` around its measurement: ``measure()`` builds the config and returns
+    the rows. Exit 2 with one line for a bad setting (ValueError / RuntimeError), 130 when
+    interrupted (the stage's time cap: ``csv_path`` holds what was measured), else 0 when
+    every row is ok and 1 when one failed."""
+    try:
+        rows = measure()
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; {csv_path} holds what was measured", file=sys.stderr)
+        return 130
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
